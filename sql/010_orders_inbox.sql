@@ -1,0 +1,75 @@
+-- Triggers on orders_inbox (DESIGN.md §3.2): one tiny NOTIFY per statement, only when
+-- some row became due for upload; and the re-queue rule for changed open orders.
+-- Applied by `npm run migrate` after the drizzle migrations; safe to run again.
+
+-- A business change (status, payload, number, key) stamps updated_at, and puts an
+-- uploaded or failed order that is not shipped back to pending: ShipStation's
+-- createorder upserts by orderKey, so re-sending updates the order there. The drainer
+-- compares updated_at at finalize time, so a change made while an upload is in flight
+-- is sent again rather than lost.
+CREATE OR REPLACE FUNCTION reactor_orders_before_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF (NEW.status, NEW.payload, NEW.order_number, NEW.order_key)
+     IS DISTINCT FROM (OLD.status, OLD.payload, OLD.order_number, OLD.order_key) THEN
+    NEW.updated_at := clock_timestamp();
+    IF NEW.status <> 'shipped'
+       AND OLD.upload_state IN ('uploaded', 'failed')
+       AND NEW.upload_state = OLD.upload_state THEN
+      NEW.upload_state := 'pending';
+      NEW.attempts := 0;
+      NEW.next_attempt_at := now();
+      NEW.last_error := NULL;
+    END IF;
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS reactor_orders_before_update ON orders_inbox;
+CREATE TRIGGER reactor_orders_before_update
+  BEFORE UPDATE ON orders_inbox
+  FOR EACH ROW EXECUTE FUNCTION reactor_orders_before_update();
+
+-- INSERT: notify once per statement if any inserted row is pending.
+CREATE OR REPLACE FUNCTION reactor_orders_notify_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM new_rows WHERE upload_state = 'pending') THEN
+    PERFORM pg_notify('reactor_orders', '{"v":1,"table":"orders_inbox","op":"INSERT"}');
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS reactor_orders_notify_insert ON orders_inbox;
+CREATE TRIGGER reactor_orders_notify_insert
+  AFTER INSERT ON orders_inbox
+  REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_insert();
+
+-- UPDATE: notify only for rows that became claimable now (re-queued, manually retried,
+-- or released by a stopping reactor). The reactor's own claims and scheduled retries
+-- do not qualify, so its work never wakes itself in a loop.
+CREATE OR REPLACE FUNCTION reactor_orders_notify_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (
+    SELECT 1
+    FROM new_rows n JOIN old_rows o ON o.id = n.id
+    WHERE n.upload_state = 'pending'
+      AND n.locked_by IS NULL
+      AND n.next_attempt_at <= now()
+      AND (o.upload_state <> 'pending' OR o.locked_by IS NOT NULL)
+  ) THEN
+    PERFORM pg_notify('reactor_orders', '{"v":1,"table":"orders_inbox","op":"UPDATE"}');
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS reactor_orders_notify_update ON orders_inbox;
+CREATE TRIGGER reactor_orders_notify_update
+  AFTER UPDATE ON orders_inbox
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_update();

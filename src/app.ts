@@ -1,0 +1,109 @@
+// Builds a running reactor from validated settings and a database URL: pools, settings,
+// workloads, reactor and status server. main.ts adds the process concerns (embedded
+// Postgres, migrate, signals); tests call this directly to run reactors in-process.
+import { randomBytes } from "node:crypto";
+import type { Env } from "./config/env.js";
+import { makePool, type Pool } from "./db/pool.js";
+import type { Logger } from "./logger.js";
+import { type Metrics, makeMetrics } from "./metrics.js";
+import { makeAgent } from "./outbound/http.js";
+import type { DrainerEvent } from "./reactor/drainer.js";
+import { makeRateLimiter } from "./reactor/rate-limit.js";
+import { makeReactor, type Reactor } from "./reactor/reactor.js";
+import { type LiveSettings, makeLiveSettings } from "./reactor/settings.js";
+import { makeOrdersQueue } from "./uploads/queue.js";
+import { makeShipStationClient } from "./uploads/shipstation-client.js";
+import { makeUploadsWorkload } from "./uploads/workload.js";
+import { USER_AGENT } from "./version.js";
+
+export interface App {
+  env: Env;
+  pool: Pool;
+  settings: LiveSettings;
+  metrics: Metrics;
+  reactor: Reactor;
+  owner: string;
+  startedAt: Date;
+  start(): Promise<void>;
+  stop(graceMs?: number): Promise<void>;
+}
+
+export interface AppOptions {
+  env: Env;
+  databaseUrl: string;
+  logger: Logger;
+  listenerCheckIntervalMs?: number;
+  onDrainerEvent?: (event: DrainerEvent) => void;
+  /** Tests run several apps in one process; only one may own the default metrics. */
+  defaultMetrics?: boolean;
+}
+
+/** How long in-flight work may take to finish on shutdown before leases are released. */
+export const SHUTDOWN_GRACE_MS = 20_000;
+
+export function makeApp(options: AppOptions): App {
+  const { env, logger } = options;
+  const metrics = makeMetrics({ defaultMetrics: options.defaultMetrics });
+  const pool = makePool(options.databaseUrl, logger);
+  const settings = makeLiveSettings(pool, logger, metrics);
+  settings.onChange((changes) => {
+    const level = changes.find((c) => c.name === "log_level");
+    if (level) logger.level = String(level.to);
+  });
+  // Unique per process even if two replicas are given the same INSTANCE_ID by mistake.
+  const owner = `${env.instanceId}/${randomBytes(3).toString("hex")}`;
+  const { apiKey, apiSecret, baseUrl } = env.shipstation;
+  const shipstation =
+    apiKey && apiSecret
+      ? makeShipStationClient({
+          baseUrl,
+          apiKey,
+          apiSecret,
+          agent: makeAgent({ connections: 16 }),
+          userAgent: USER_AGENT,
+        })
+      : null;
+  const uploads = makeUploadsWorkload({
+    queue: makeOrdersQueue(pool),
+    settings: settings.current,
+    client: shipstation,
+    limiter: makeRateLimiter(settings.current.upload_rate_limit_per_minute),
+    logger,
+    metrics,
+  });
+  const reactor = makeReactor({
+    pool,
+    listenUrl: env.listenDatabaseUrl ?? options.databaseUrl,
+    owner,
+    settings,
+    workloads: [uploads],
+    logger,
+    metrics,
+    listenerCheckIntervalMs: options.listenerCheckIntervalMs,
+    onDrainerEvent: options.onDrainerEvent,
+  });
+  const app: App = {
+    env,
+    pool,
+    settings,
+    metrics,
+    reactor,
+    owner,
+    startedAt: new Date(),
+    async start() {
+      if (!shipstation) {
+        logger.warn(
+          "SHIPSTATION_API_KEY and SHIPSTATION_API_SECRET are not set: uploads are PAUSED and orders wait as pending",
+        );
+      }
+      await reactor.start();
+      // Whatever is already due is drained by the start catch-up; this arms retry timers.
+      await reactor.poll.pollNow().catch(() => undefined);
+    },
+    async stop(graceMs = SHUTDOWN_GRACE_MS) {
+      await reactor.stop(graceMs);
+      await pool.end();
+    },
+  };
+  return app;
+}

@@ -1,0 +1,135 @@
+// Process-level settings from the environment (DESIGN.md §4). Runtime knobs live in
+// configuration_params instead; see src/reactor/settings-spec.ts.
+import { hostname } from "node:os";
+import { z } from "zod";
+
+/** Thrown for a bad environment variable; main prints `message` as one line and exits 1. */
+export class EnvError extends Error {
+  override name = "EnvError";
+}
+
+const BOOL_TRUE = new Set(["true", "1", "yes", "on"]);
+const BOOL_FALSE = new Set(["false", "0", "no", "off"]);
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+const postgresUrl = z.string().refine((v) => /^postgres(ql)?:\/\//.test(v) && URL.canParse(v), {
+  message: "a postgres:// or postgresql:// URL",
+});
+const httpUrl = z.string().refine((v) => /^https?:\/\//.test(v) && URL.canParse(v), {
+  message: "an http:// or https:// URL",
+});
+const bool = z
+  .string()
+  .refine((v) => BOOL_TRUE.has(v.toLowerCase()) || BOOL_FALSE.has(v.toLowerCase()), {
+    message: "true or false (also 1/0, yes/no, on/off)",
+  });
+
+/** Each variable with the validator whose `message` names the expected form. */
+const schema = {
+  DATABASE_URL: postgresUrl.optional(),
+  LISTEN_DATABASE_URL: postgresUrl.optional(),
+  HTTP_HOST: z.string().min(1, "a host name or IP address").optional(),
+  HTTP_PORT: z
+    .string()
+    .refine((v) => /^\d+$/.test(v) && Number(v) <= 65535, { message: "an integer from 0 to 65535" })
+    .optional(),
+  ADMIN_TOKEN: z.string().min(16, "at least 16 characters").optional(),
+  SHIPSTATION_BASE_URL: httpUrl.optional(),
+  SHIPSTATION_API_KEY: z.string().min(1).optional(),
+  SHIPSTATION_API_SECRET: z.string().min(1).optional(),
+  WEBHOOK_ALLOW_PRIVATE_NETWORKS: bool.optional(),
+  LOG_LEVEL: z
+    .string()
+    .refine((v) => (LOG_LEVELS as readonly string[]).includes(v), {
+      message: `one of ${LOG_LEVELS.join(", ")}`,
+    })
+    .optional(),
+  INSTANCE_ID: z
+    .string()
+    .regex(/^[\w.:@-]{1,100}$/, "1-100 characters of letters, digits, and . : @ _ -")
+    .optional(),
+} as const;
+
+export type EnvName = keyof typeof schema;
+
+/** The validated process configuration. */
+export interface Env {
+  databaseUrl: string | undefined;
+  listenDatabaseUrl: string | undefined;
+  httpHost: string;
+  httpPort: number;
+  adminToken: string | undefined;
+  shipstation: { baseUrl: string; apiKey: string | undefined; apiSecret: string | undefined };
+  webhookAllowPrivateNetworks: boolean;
+  logLevel: (typeof LOG_LEVELS)[number];
+  instanceId: string;
+}
+
+export const SHIPSTATION_DEFAULT_BASE_URL = "https://ssapi.shipstation.com";
+
+/**
+ * Validates the environment. Empty strings count as unset, so `FOO=` in a compose file
+ * means "use the default". Throws EnvError naming the first bad variable.
+ */
+export function loadEnv(source: NodeJS.ProcessEnv = process.env): Env {
+  const raw: Partial<Record<EnvName, string>> = {};
+  for (const name of Object.keys(schema) as EnvName[]) {
+    const value = source[name];
+    if (value !== undefined && value !== "") raw[name] = value;
+  }
+  for (const name of Object.keys(schema) as EnvName[]) {
+    const result = schema[name].safeParse(raw[name]);
+    if (!result.success) {
+      const expected = result.error.issues[0]?.message ?? "a valid value";
+      const shown = name.includes("SECRET") || name.includes("TOKEN") || name.includes("KEY");
+      throw new EnvError(
+        `${name} must be ${expected}${shown ? "" : `, got ${JSON.stringify(raw[name])}`}`,
+      );
+    }
+  }
+  if (Boolean(raw.SHIPSTATION_API_KEY) !== Boolean(raw.SHIPSTATION_API_SECRET)) {
+    throw new EnvError(
+      raw.SHIPSTATION_API_KEY
+        ? "SHIPSTATION_API_KEY is set but SHIPSTATION_API_SECRET is not: set both, or neither to pause uploads"
+        : "SHIPSTATION_API_SECRET is set but SHIPSTATION_API_KEY is not: set both, or neither to pause uploads",
+    );
+  }
+  return {
+    databaseUrl: raw.DATABASE_URL,
+    listenDatabaseUrl: raw.LISTEN_DATABASE_URL,
+    httpHost: raw.HTTP_HOST ?? "127.0.0.1",
+    httpPort: raw.HTTP_PORT === undefined ? 8080 : Number(raw.HTTP_PORT),
+    adminToken: raw.ADMIN_TOKEN,
+    shipstation: {
+      baseUrl: (raw.SHIPSTATION_BASE_URL ?? SHIPSTATION_DEFAULT_BASE_URL).replace(/\/+$/, ""),
+      apiKey: raw.SHIPSTATION_API_KEY,
+      apiSecret: raw.SHIPSTATION_API_SECRET,
+    },
+    webhookAllowPrivateNetworks: BOOL_TRUE.has(
+      (raw.WEBHOOK_ALLOW_PRIVATE_NETWORKS ?? "false").toLowerCase(),
+    ),
+    logLevel: (raw.LOG_LEVEL as Env["logLevel"] | undefined) ?? "info",
+    instanceId: raw.INSTANCE_ID ?? `${hostname()}:${process.pid}`,
+  };
+}
+
+/** Documentation for each variable; the README table is checked against this list. */
+export const ENV_DOCS: Record<EnvName, { default: string; doc: string }> = {
+  DATABASE_URL: { default: "unset: embedded Postgres", doc: "Pool connection (may be PgBouncer)." },
+  LISTEN_DATABASE_URL: {
+    default: "DATABASE_URL",
+    doc: "Direct or session-mode connection for LISTEN.",
+  },
+  HTTP_HOST: { default: "127.0.0.1", doc: "Status server bind address." },
+  HTTP_PORT: { default: "8080", doc: "Status server port (0 picks a free one)." },
+  ADMIN_TOKEN: { default: "unset: admin routes off", doc: "Bearer token for /admin routes." },
+  SHIPSTATION_BASE_URL: { default: SHIPSTATION_DEFAULT_BASE_URL, doc: "ShipStation v1 API." },
+  SHIPSTATION_API_KEY: { default: "unset: uploads paused", doc: "ShipStation API key." },
+  SHIPSTATION_API_SECRET: { default: "unset: uploads paused", doc: "ShipStation API secret." },
+  WEBHOOK_ALLOW_PRIVATE_NETWORKS: {
+    default: "false",
+    doc: "Allow webhooks to loopback/private addresses.",
+  },
+  LOG_LEVEL: { default: "info", doc: "Initial pino level (the `log_level` key overrides it)." },
+  INSTANCE_ID: { default: "host:pid", doc: "Name of this replica in leases and logs." },
+};

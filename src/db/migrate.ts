@@ -1,0 +1,69 @@
+// Brings a database to the current schema: drizzle migrations (drizzle/), then the
+// trigger SQL (sql/), all under one advisory lock so replicas may start together.
+import { createHash } from "node:crypto";
+import { readdir, readFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import { drizzle } from "drizzle-orm/node-postgres";
+import { migrate as drizzleMigrate } from "drizzle-orm/node-postgres/migrator";
+import pg from "pg";
+import { POOL_APPLICATION_NAME } from "./pool.js";
+
+const MIGRATIONS_FOLDER = fileURLToPath(new URL("../../drizzle", import.meta.url));
+const SQL_FOLDER = fileURLToPath(new URL("../../sql", import.meta.url));
+
+/** Arbitrary constant key of the session advisory lock that serialises migrate runs. */
+const MIGRATE_LOCK_KEY = 7_391_027_466;
+
+export interface MigrateResult {
+  /** sql/ files executed this run (unchanged files are skipped by checksum). */
+  sqlApplied: string[];
+}
+
+/** Applies drizzle migrations and changed sql/ files. Safe to call concurrently. */
+export async function migrate(databaseUrl: string): Promise<MigrateResult> {
+  const client = new pg.Client({
+    connectionString: databaseUrl,
+    application_name: `${POOL_APPLICATION_NAME} migrate`,
+  });
+  await client.connect();
+  try {
+    await client.query("SELECT pg_advisory_lock($1)", [MIGRATE_LOCK_KEY]);
+    try {
+      await drizzleMigrate(drizzle(client), { migrationsFolder: MIGRATIONS_FOLDER });
+      return { sqlApplied: await applySqlFiles(client) };
+    } finally {
+      await client.query("SELECT pg_advisory_unlock($1)", [MIGRATE_LOCK_KEY]);
+    }
+  } finally {
+    await client.end();
+  }
+}
+
+async function applySqlFiles(client: pg.Client): Promise<string[]> {
+  const names = (await readdir(SQL_FOLDER)).filter((n) => n.endsWith(".sql")).sort();
+  const { rows } = await client.query<{ name: string; checksum: string }>(
+    "SELECT name, checksum FROM reactor_sql_files",
+  );
+  const known = new Map(rows.map((r) => [r.name, r.checksum]));
+  const applied: string[] = [];
+  for (const name of names) {
+    const text = await readFile(`${SQL_FOLDER}/${name}`, "utf8");
+    const checksum = createHash("sha256").update(text).digest("hex");
+    if (known.get(name) === checksum) continue;
+    await client.query("BEGIN");
+    try {
+      await client.query(text);
+      await client.query(
+        `INSERT INTO reactor_sql_files (name, checksum) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()`,
+        [name, checksum],
+      );
+      await client.query("COMMIT");
+    } catch (err) {
+      await client.query("ROLLBACK");
+      throw new Error(`applying sql/${name} failed: ${(err as Error).message}`, { cause: err });
+    }
+    applied.push(name);
+  }
+  return applied;
+}

@@ -1,0 +1,67 @@
+// Outbound HTTP helpers shared by every target client: one keep-alive undici Agent per
+// target family, hard timeouts, status classes for metrics, and Retry-After parsing.
+import { Agent } from "undici";
+
+export function makeAgent(options: { connections?: number } = {}): Agent {
+  return new Agent({
+    keepAliveTimeout: 30_000,
+    keepAliveMaxTimeout: 60_000,
+    connections: options.connections ?? 64,
+    connect: { timeout: 10_000 },
+    // Redirects are never followed (a 3xx is a failure), so no redirect interceptor.
+  });
+}
+
+/** '2xx'…'5xx', or 'error' when no response arrived. */
+export function statusClass(status: number | null): string {
+  return status === null ? "error" : `${Math.floor(status / 100)}xx`;
+}
+
+/**
+ * Parses Retry-After (delta-seconds or an HTTP date) into ms from now, or null.
+ * Callers clamp the result to their own sane range.
+ */
+export function parseRetryAfter(
+  value: string | string[] | undefined,
+  now = Date.now(),
+): number | null {
+  const v = Array.isArray(value) ? value[0] : value;
+  if (!v) return null;
+  if (/^\s*\d+\s*$/.test(v)) return Number(v) * 1000;
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? null : Math.max(0, at - now);
+}
+
+export function header(headers: Record<string, string | string[] | undefined>, name: string) {
+  const v = headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/** Reads at most `limit` bytes of a body as text, discarding the rest. */
+export async function readTextCapped(
+  body: AsyncIterable<Buffer | Uint8Array>,
+  limit: number,
+): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    if (size < limit) {
+      const buf = Buffer.from(chunk);
+      chunks.push(buf.subarray(0, limit - size));
+      size += buf.length;
+    }
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+export function describeNetworkError(err: unknown): string {
+  const e = err as { code?: string; message?: string; name?: string };
+  if (
+    e.name === "TimeoutError" ||
+    e.code === "UND_ERR_HEADERS_TIMEOUT" ||
+    e.code === "UND_ERR_BODY_TIMEOUT"
+  ) {
+    return "timed out waiting for the response";
+  }
+  return `${e.code ? `${e.code}: ` : ""}${e.message ?? String(err)}`;
+}

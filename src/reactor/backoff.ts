@@ -1,0 +1,40 @@
+// Delay arithmetic shared by every retry in the process: reconnects, drain-loop errors,
+// and both workloads' retry schedules. One place, so the numbers are easy to audit.
+
+/** Scales `ms` by a random factor in [1 - ratio, 1 + ratio]. */
+export function jitter(ms: number, ratio = 0.2): number {
+  return Math.max(0, Math.round(ms * (1 - ratio + Math.random() * 2 * ratio)));
+}
+
+/**
+ * Capped exponential backoff with ±20 % jitter: attempt 0 → base, then doubling up to cap.
+ * With base 250 ms and cap 30 s: ~0.25, 0.5, 1, 2, 4, 8, 16, 30, 30 … seconds.
+ */
+export function exponentialBackoff(attempt: number, baseMs: number, capMs: number): number {
+  return jitter(Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30)));
+}
+
+/**
+ * The delay before the next attempt after `attemptsMade` failed attempts, from a schedule
+ * of seconds (entry i is the wait after attempt i+1), with ±20 % jitter; null when the
+ * schedule is exhausted and the row should end failed.
+ */
+export function scheduledDelayMs(
+  scheduleSeconds: readonly number[],
+  attemptsMade: number,
+): number | null {
+  const seconds = scheduleSeconds[attemptsMade - 1];
+  return seconds === undefined ? null : jitter(seconds * 1000);
+}
+
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}

@@ -1,0 +1,234 @@
+// The drain loop (DESIGN.md §3.4), written once for every workload: a wake-up claims
+// batches under a lease until nothing is due, runs them with bounded concurrency outside
+// any transaction, finalizes each unit, then arms a timer for the next due row.
+// One loop per workload per process; wake-ups during a drain coalesce into one more pass.
+import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+import { exponentialBackoff, sleep } from "./backoff.js";
+import type { ClaimedRow, Outcome, QueueStats } from "./lease-queue.js";
+import type { WakeReason, Workload } from "./workload.js";
+
+/** Never arm a timer further out than this; the safety poll covers longer waits. */
+const MAX_TIMER_MS = 60 * 60 * 1000;
+/** A handler that throws (a bug, not a row's fault) retries its rows after this long. */
+const HANDLER_CRASH_RETRY_MS = 30_000;
+
+export interface DrainerOptions<Row extends ClaimedRow> {
+  workload: Workload<Row>;
+  owner: string;
+  leaseSeconds: () => number;
+  logger: Logger;
+  metrics: Metrics;
+  /** Test hook: called after each finalized unit and after each drain pass ends. */
+  onEvent?: (event: DrainerEvent) => void;
+}
+
+export type DrainerEvent =
+  | { type: "finalized"; workload: string; outcomes: Outcome[] }
+  | { type: "idle"; workload: string; stats: QueueStats | null };
+
+export interface DrainerState {
+  running: boolean;
+  inFlightRows: number;
+  lastWakeAt: Date | null;
+  lastWakeReason: WakeReason | null;
+  lastStats: QueueStats | null;
+  lastError: string | null;
+}
+
+export interface Drainer {
+  wake(reason: WakeReason): void;
+  /** Arms the retry timer from stats computed elsewhere (the safety poll). */
+  schedule(nextDueAt: Date | null): void;
+  state(): DrainerState;
+  /** Stops claiming, waits up to graceMs for in-flight units, then releases held leases. */
+  stop(graceMs: number): Promise<void>;
+}
+
+export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>): Drainer {
+  const { workload, owner, logger, metrics } = options;
+  const log = logger.child({ workload: workload.name });
+  const label = { workload: workload.name };
+
+  let loop: Promise<void> | null = null;
+  let again = false;
+  let stopping = false;
+  let errorStreak = 0;
+  let timer: NodeJS.Timeout | null = null;
+  let timerAt = 0;
+  let inFlightRows = 0;
+  const units = new Set<Promise<void>>();
+  const state: Omit<DrainerState, "running" | "inFlightRows"> = {
+    lastWakeAt: null,
+    lastWakeReason: null,
+    lastStats: null,
+    lastError: null,
+  };
+
+  function wake(reason: WakeReason) {
+    if (stopping) return;
+    metrics.wakeups.inc({ ...label, reason });
+    state.lastWakeAt = new Date();
+    state.lastWakeReason = reason;
+    if (loop) {
+      again = true;
+      return;
+    }
+    loop = drain().finally(() => {
+      loop = null;
+      if (again && !stopping) wake("retry");
+    });
+  }
+
+  function armTimer(atMs: number) {
+    if (stopping) return;
+    const delay = Math.min(Math.max(0, atMs - Date.now()), MAX_TIMER_MS);
+    const target = Date.now() + delay;
+    if (timer && timerAt <= target) return; // an earlier timer is already armed
+    if (timer) clearTimeout(timer);
+    timerAt = target;
+    timer = setTimeout(() => {
+      timer = null;
+      timerAt = 0;
+      wake("timer");
+    }, delay);
+    timer.unref?.();
+  }
+
+  function schedule(nextDueAt: Date | null) {
+    if (nextDueAt) armTimer(nextDueAt.getTime());
+  }
+
+  async function finalizeUnit(rows: Row[], outcomes: Outcome[]) {
+    // Retry the finalize while our lease lasts; after that another replica may own the rows.
+    const deadline = Date.now() + options.leaseSeconds() * 1000;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await workload.queue.finalize(owner, outcomes);
+        return;
+      } catch (err) {
+        if (Date.now() > deadline || stopping) {
+          workload.queue.forget(rows.map((r) => r.id));
+          log.error(
+            { err: (err as Error).message, rows: rows.length },
+            "could not record results; the leases will expire and these rows will be retried",
+          );
+          return;
+        }
+        await sleep(exponentialBackoff(attempt, 250, 5_000));
+      }
+    }
+  }
+
+  function startUnit(rows: Row[]) {
+    inFlightRows += rows.length;
+    metrics.inFlight.inc(label, rows.length);
+    const unit = (async () => {
+      const end = metrics.processing.startTimer(label);
+      let outcomes: Outcome[];
+      try {
+        outcomes = await workload.process(rows);
+      } catch (err) {
+        log.error({ err }, "handler threw; its rows will be retried");
+        const at = new Date(Date.now() + HANDLER_CRASH_RETRY_MS);
+        const error = `internal error: ${(err as Error).message}`.slice(0, 1000);
+        outcomes = rows.map((r) => ({ id: r.id, kind: "retry", at, error }));
+      }
+      end();
+      await finalizeUnit(rows, outcomes);
+      for (const o of outcomes) {
+        if (o.kind === "defer") metrics.deferred.inc(label);
+        else metrics.completed.inc({ ...label, outcome: o.kind });
+      }
+      options.onEvent?.({ type: "finalized", workload: workload.name, outcomes });
+    })().finally(() => {
+      inFlightRows -= rows.length;
+      metrics.inFlight.dec(label, rows.length);
+      units.delete(unit);
+    });
+    units.add(unit);
+  }
+
+  async function drain() {
+    try {
+      while (!stopping) {
+        again = false;
+        if (!workload.enabled()) break;
+        const paused = workload.pausedUntil();
+        if (paused > Date.now()) {
+          armTimer(paused);
+          break;
+        }
+        const free = workload.concurrency() - units.size;
+        if (free <= 0) {
+          await Promise.race(units);
+          continue;
+        }
+        const want = free * workload.unitSize();
+        const rows = await workload.queue.claim(owner, want, options.leaseSeconds());
+        errorStreak = 0;
+        state.lastError = null;
+        if (rows.length > 0) {
+          metrics.claimed.inc(label, rows.length);
+          for (const row of rows) metrics.pickupLatency.observe(label, row.pickup_lag);
+          for (let i = 0; i < rows.length; i += workload.unitSize()) {
+            startUnit(rows.slice(i, i + workload.unitSize()));
+          }
+        }
+        if (rows.length < want && !again) {
+          // The queue looks empty: let in-flight units finish (they may requeue rows),
+          // then make one more pass before going idle.
+          if (units.size === 0) break;
+          await Promise.all(units);
+        }
+      }
+    } catch (err) {
+      metrics.drainErrors.inc(label);
+      state.lastError = (err as Error).message;
+      const delay = exponentialBackoff(errorStreak++, 500, 30_000);
+      log.warn({ err: state.lastError, retryInMs: delay }, "drain failed; backing off");
+      armTimer(Date.now() + delay);
+      return;
+    }
+    if (stopping) return;
+    await refreshStats();
+  }
+
+  async function refreshStats() {
+    try {
+      const stats = await workload.queue.stats();
+      state.lastStats = stats;
+      metrics.backlog.set(label, stats.backlog);
+      metrics.oldestPendingAge.set(label, stats.oldestDueAgeSeconds);
+      if (workload.enabled()) schedule(stats.nextDueAt);
+      options.onEvent?.({ type: "idle", workload: workload.name, stats });
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, "could not read queue stats");
+      options.onEvent?.({ type: "idle", workload: workload.name, stats: null });
+    }
+  }
+
+  return {
+    wake,
+    schedule,
+    state: () => ({ ...state, running: loop !== null, inFlightRows }),
+    async stop(graceMs) {
+      stopping = true;
+      if (timer) clearTimeout(timer);
+      const settled = Promise.all([loop, ...units]);
+      const graceOver = new AbortController();
+      const timedOut = await Promise.race([
+        settled.then(() => false),
+        sleep(graceMs, graceOver.signal).then(() => true),
+      ]);
+      graceOver.abort();
+      if (timedOut) log.warn({ inFlightRows }, "shutdown grace ran out with work in flight");
+      try {
+        const released = await workload.queue.release(owner);
+        if (released > 0) log.info({ released }, "released unfinished leases");
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, "could not release leases; they will expire");
+      }
+    },
+  };
+}

@@ -1,0 +1,141 @@
+// Wires the generic parts together (DESIGN.md §2): listener → wake(workload) → drainer,
+// safety poll → wake(all), (re)connect → wake(all) + settings reload. Knows nothing
+// about orders or webhooks; workloads are handed in.
+import type { Pool } from "../db/pool.js";
+import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+import { exponentialBackoff, sleep } from "./backoff.js";
+import { type Drainer, type DrainerEvent, makeDrainer } from "./drainer.js";
+import { type Listener, makeListener } from "./listener.js";
+import { makeSafetyPoll, type SafetyPoll } from "./safety-poll.js";
+import type { LiveSettings } from "./settings.js";
+import type { Workload } from "./workload.js";
+
+export const CONFIG_CHANNEL = "reactor_config";
+
+export interface ReactorOptions {
+  pool: Pool;
+  listenUrl: string;
+  /** Lease owner: the instance id plus a per-process suffix, unique among replicas. */
+  owner: string;
+  settings: LiveSettings;
+  workloads: Workload[];
+  logger: Logger;
+  metrics: Metrics;
+  listenerCheckIntervalMs?: number;
+  onDrainerEvent?: (event: DrainerEvent) => void;
+}
+
+export interface Reactor {
+  start(): Promise<void>;
+  /** Stops listening and claiming, lets in-flight work finish within graceMs, releases leases. */
+  stop(graceMs: number): Promise<void>;
+  listener(): Listener;
+  poll: SafetyPoll;
+  drainers: ReadonlyMap<string, Drainer>;
+  workloads: readonly Workload[];
+}
+
+export function makeReactor(options: ReactorOptions): Reactor {
+  const { settings, logger, metrics } = options;
+  const log = logger.child({ component: "reactor" });
+  const drainers = new Map<string, Drainer>();
+  for (const workload of options.workloads) {
+    drainers.set(
+      workload.name,
+      makeDrainer({
+        workload,
+        owner: options.owner,
+        leaseSeconds: () => settings.current.lease_seconds,
+        logger,
+        metrics,
+        onEvent: options.onDrainerEvent,
+      }),
+    );
+  }
+  const byChannel = new Map(options.workloads.map((w) => [w.channel, w.name]));
+  const wakeAll = (reason: "reconnect" | "start" | "config") => {
+    for (const d of drainers.values()) d.wake(reason);
+  };
+  const poll = makeSafetyPoll({
+    pool: options.pool,
+    workloads: options.workloads.map((workload) => ({
+      workload,
+      drainer: drainers.get(workload.name) as Drainer,
+    })),
+    intervalSeconds: () => settings.current.poll_interval_seconds,
+    logger,
+    metrics,
+  });
+
+  async function reloadSettings() {
+    try {
+      await settings.reload();
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, "settings reload failed; keeping current values");
+    }
+  }
+
+  settings.onChange((changes) => {
+    const names = new Set(changes.map((c) => c.name));
+    if (names.has("poll_interval_seconds")) poll.reschedule();
+    // A re-enabled workload, or more capacity, drains at once.
+    wakeAll("config");
+  });
+
+  function newListener(): Listener {
+    return makeListener({
+      url: options.listenUrl,
+      channels: [...byChannel.keys(), CONFIG_CHANNEL],
+      logger,
+      metrics,
+      checkIntervalMs: options.listenerCheckIntervalMs,
+      onNotification(channel) {
+        if (channel === CONFIG_CHANNEL) {
+          void reloadSettings();
+          return;
+        }
+        const name = byChannel.get(channel);
+        if (name) drainers.get(name)?.wake("notify");
+      },
+      onConnected(reconnect) {
+        // Notifications sent while we were away are gone: catch up on everything.
+        void reloadSettings().then(() => wakeAll(reconnect ? "reconnect" : "start"));
+      },
+    });
+  }
+
+  let listener = newListener();
+  let stopping = false;
+
+  return {
+    async start() {
+      await settings.reload();
+      // The first connect can fail (database still starting); retry until it works.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await listener.start();
+          break;
+        } catch (err) {
+          await listener.close();
+          if (stopping) return;
+          const delay = exponentialBackoff(attempt, 250, 10_000);
+          log.warn({ err: (err as Error).message, retryInMs: delay }, "LISTEN connection failed");
+          await sleep(delay);
+          listener = newListener();
+        }
+      }
+      poll.start();
+    },
+    async stop(graceMs) {
+      stopping = true;
+      poll.stop();
+      await listener.close();
+      await Promise.all([...drainers.values()].map((d) => d.stop(graceMs)));
+    },
+    listener: () => listener,
+    poll,
+    drainers,
+    workloads: options.workloads,
+  };
+}

@@ -1,0 +1,90 @@
+// The slow safety net (DESIGN.md §2): every poll_interval_seconds, one query asks every
+// workload table what is due. Due work is woken; future work arms the drainers' timers.
+// At idle this is the only query the reactor makes, besides the listener's channel check.
+import type { Pool } from "../db/pool.js";
+import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+import type { Drainer } from "./drainer.js";
+import { type QueueStats, toStats } from "./lease-queue.js";
+import type { Workload } from "./workload.js";
+
+export interface SafetyPoll {
+  start(): void;
+  /** Re-arms the timer with the current interval (after a settings change). */
+  reschedule(): void;
+  stop(): void;
+  /** Runs one poll now (tests, and the first pass at start). */
+  pollNow(): Promise<void>;
+  lastPollAt(): Date | null;
+}
+
+export function makeSafetyPoll(options: {
+  pool: Pool;
+  workloads: ReadonlyArray<{ workload: Workload; drainer: Drainer }>;
+  intervalSeconds: () => number;
+  logger: Logger;
+  metrics: Metrics;
+  onStats?: (name: string, stats: QueueStats) => void;
+}): SafetyPoll {
+  const { pool, workloads, metrics } = options;
+  const log = options.logger.child({ component: "safety-poll" });
+  const sql = workloads
+    .map(({ workload }) => workload.queue.statsSql(workload.name))
+    .join("\nUNION ALL\n");
+  let timer: NodeJS.Timeout | null = null;
+  let stopped = true;
+  let last: Date | null = null;
+  let maintaining = false;
+
+  async function pollNow() {
+    metrics.safetyPolls.inc();
+    last = new Date();
+    const { rows } = await pool.query(sql);
+    for (const row of rows) {
+      const entry = workloads.find((w) => w.workload.name === row.workload);
+      if (!entry) continue;
+      const stats = toStats(row);
+      metrics.backlog.set({ workload: entry.workload.name }, stats.backlog);
+      metrics.oldestPendingAge.set({ workload: entry.workload.name }, stats.oldestDueAgeSeconds);
+      options.onStats?.(entry.workload.name, stats);
+      if (!entry.workload.enabled() || !stats.nextDueAt) continue;
+      if (stats.nextDueAt.getTime() <= Date.now()) entry.drainer.wake("poll");
+      else entry.drainer.schedule(stats.nextDueAt);
+    }
+    if (!maintaining) {
+      maintaining = true;
+      void Promise.all(workloads.map(({ workload }) => workload.maintain?.()))
+        .catch((err) => log.warn({ err: (err as Error).message }, "maintenance failed"))
+        .finally(() => {
+          maintaining = false;
+        });
+    }
+  }
+
+  function arm() {
+    if (stopped) return;
+    if (timer) clearTimeout(timer);
+    timer = setTimeout(async () => {
+      try {
+        await pollNow();
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, "safety poll failed");
+      }
+      arm();
+    }, options.intervalSeconds() * 1000);
+  }
+
+  return {
+    start() {
+      stopped = false;
+      arm();
+    },
+    reschedule: arm,
+    stop() {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+    },
+    pollNow,
+    lastPollAt: () => last,
+  };
+}
