@@ -1,0 +1,115 @@
+// Per-test-file databases: each is a fast clone of the migrated template made by
+// global-setup, on whichever server the run uses.
+import { randomBytes } from "node:crypto";
+import pg from "pg";
+import { inject } from "vitest";
+
+export interface TestDatabase {
+  url: string;
+  name: string;
+  pool: pg.Pool;
+  drop(): Promise<void>;
+}
+
+export function urlFor(database: string): string {
+  const u = new URL(inject("adminUrl"));
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: inject("adminUrl") });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+}
+
+/** A fresh database. `migrated: false` gives an empty one (for migrate tests). */
+export async function createTestDatabase(options: { migrated?: boolean } = {}): Promise<TestDatabase> {
+  const template = inject("templateDb");
+  const name = `pgr_t_${template.slice(8)}_${randomBytes(4).toString("hex")}`;
+  await admin((c) =>
+    c.query(options.migrated === false ? `CREATE DATABASE ${name}` : `CREATE DATABASE ${name} TEMPLATE ${template}`),
+  );
+  const url = urlFor(name);
+  const pool = new pg.Pool({ connectionString: url, max: 5, application_name: "pg-reactor tests" });
+  pool.on("error", () => undefined);
+  return {
+    url,
+    name,
+    pool,
+    async drop() {
+      await pool.end();
+      await admin((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
+    },
+  };
+}
+
+/** Polls `check` until it returns a truthy value or the deadline passes (then throws). */
+export async function waitFor<T>(
+  check: () => T | Promise<T>,
+  options: { timeoutMs?: number; intervalMs?: number; what?: string } = {},
+): Promise<NonNullable<T>> {
+  const deadline = Date.now() + (options.timeoutMs ?? 20_000);
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await check();
+      if (value) return value as NonNullable<T>;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(
+        `timed out waiting for ${options.what ?? "condition"}${last ? `: ${(last as Error).message}` : ""}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, options.intervalMs ?? 20));
+  }
+}
+
+/** Inserts `count` valid orders in one statement; returns their ids. */
+export async function insertOrders(
+  pool: pg.Pool | pg.Client,
+  count: number,
+  options: { prefix?: string; status?: string; payload?: unknown } = {},
+): Promise<number[]> {
+  const prefix = options.prefix ?? `o-${randomBytes(3).toString("hex")}`;
+  const payload = options.payload ?? validPayload();
+  const { rows } = await pool.query<{ id: string }>(
+    `INSERT INTO orders_inbox (order_number, status, payload)
+     SELECT $1 || '-' || g, $2, $3::jsonb FROM generate_series(1, $4::int) g
+     RETURNING id`,
+    [prefix, options.status ?? "awaiting_shipment", JSON.stringify(payload), count],
+  );
+  return rows.map((r) => Number(r.id));
+}
+
+export function validPayload(overrides: Record<string, unknown> = {}) {
+  return {
+    orderDate: "2026-11-20T10:00:00Z",
+    billTo: { name: "Ada Lovelace" },
+    shipTo: {
+      name: "Ada Lovelace",
+      street1: "12 St James's Square",
+      city: "London",
+      postalCode: "SW1Y 4JH",
+      country: "GB",
+    },
+    items: [{ sku: "BOOK-1", name: "Notes", quantity: 1, unitPrice: 12.5 }],
+    amountPaid: 12.5,
+    ...overrides,
+  };
+}
+
+export async function setSetting(pool: pg.Pool, name: string, value: string) {
+  await pool.query(
+    `INSERT INTO configuration_params (category, parameter_name, value)
+     VALUES ('reactor', $1, $2)
+     ON CONFLICT (category, parameter_name, sku) DO UPDATE SET value = excluded.value, updated_at = now()`,
+    [name, value],
+  );
+}

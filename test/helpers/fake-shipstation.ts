@@ -1,0 +1,93 @@
+// A real HTTP server on 127.0.0.1 that speaks enough of ShipStation's createorders to
+// test against: it records every call and answers from a script, or with success.
+import { once } from "node:events";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+
+export interface RecordedCall {
+  at: number;
+  authorization: string | undefined;
+  userAgent: string | undefined;
+  orders: Array<Record<string, unknown>>;
+}
+
+/** A scripted answer: status, headers, and a body (default: success for every order). */
+export interface ScriptedResponse {
+  status: number;
+  headers?: Record<string, string>;
+  body?: unknown;
+  /** Delay before answering, ms. */
+  delayMs?: number;
+  /** Per-order failure: orderKey → error message. */
+  failKeys?: Record<string, string>;
+}
+
+export interface FakeShipStation {
+  url: string;
+  calls: RecordedCall[];
+  /** orderKey → times received. */
+  received: Map<string, number>;
+  /** Answers for the next calls, in order; afterwards every call succeeds. */
+  script: ScriptedResponse[];
+  /** Applied to every call after the script runs out. */
+  defaultResponse: Partial<ScriptedResponse>;
+  close(): Promise<void>;
+}
+
+export async function startFakeShipStation(): Promise<FakeShipStation> {
+  let nextOrderId = 1000;
+  const fake: Omit<FakeShipStation, "url" | "close"> = {
+    calls: [],
+    received: new Map(),
+    script: [],
+    defaultResponse: {},
+  };
+  const server = createServer(async (req: IncomingMessage, res: ServerResponse) => {
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    if (req.method !== "POST" || req.url !== "/orders/createorders") {
+      res.writeHead(404).end("not found");
+      return;
+    }
+    const orders = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Array<Record<string, unknown>>;
+    fake.calls.push({
+      at: Date.now(),
+      authorization: req.headers.authorization,
+      userAgent: req.headers["user-agent"],
+      orders,
+    });
+    const scripted = fake.script.shift() ?? { status: 200, ...fake.defaultResponse };
+    if (scripted.delayMs) await new Promise((r) => setTimeout(r, scripted.delayMs));
+    const status = scripted.status ?? 200;
+    if (status === 200 && scripted.body === undefined) {
+      const results = orders.map((o) => {
+        const key = String(o.orderKey);
+        const error = scripted.failKeys?.[key];
+        if (!error) fake.received.set(key, (fake.received.get(key) ?? 0) + 1);
+        return {
+          orderId: error ? 0 : nextOrderId++,
+          orderNumber: o.orderNumber,
+          orderKey: key,
+          success: !error,
+          errorMessage: error ?? null,
+        };
+      });
+      res.writeHead(200, { "content-type": "application/json", ...scripted.headers });
+      res.end(JSON.stringify({ hasErrors: results.some((r) => !r.success), results }));
+      return;
+    }
+    res.writeHead(status, { "content-type": "application/json", ...scripted.headers });
+    res.end(JSON.stringify(scripted.body ?? { Message: `scripted ${status}` }));
+  });
+  server.keepAliveTimeout = 60_000;
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address() as AddressInfo;
+  return Object.assign(fake, {
+    url: `http://127.0.0.1:${port}`,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  });
+}

@@ -1,0 +1,35 @@
+// Runs a real reactor (the same makeApp main.ts uses) inside the test process.
+import { type App, makeApp } from "../../src/app.js";
+import { type Env, loadEnv } from "../../src/config/env.js";
+import { makeLogger } from "../../src/logger.js";
+import type { DrainerEvent } from "../../src/reactor/drainer.js";
+
+export interface StartOptions {
+  databaseUrl: string;
+  shipstationUrl?: string;
+  env?: Record<string, string>;
+  listenerCheckIntervalMs?: number;
+  onDrainerEvent?: (event: DrainerEvent) => void;
+}
+
+export async function startReactor(options: StartOptions): Promise<App> {
+  const env: Env = loadEnv({
+    DATABASE_URL: options.databaseUrl,
+    SHIPSTATION_BASE_URL: options.shipstationUrl ?? "http://127.0.0.1:9",
+    SHIPSTATION_API_KEY: "test-key",
+    SHIPSTATION_API_SECRET: "test-secret",
+    WEBHOOK_ALLOW_PRIVATE_NETWORKS: "true",
+    HTTP_PORT: "0",
+    ...options.env,
+  });
+  const app = makeApp({
+    env,
+    databaseUrl: options.databaseUrl,
+    logger: makeLogger(process.env.TEST_LOG_LEVEL ?? "silent"),
+    defaultMetrics: false,
+    listenerCheckIntervalMs: options.listenerCheckIntervalMs,
+    onDrainerEvent: options.onDrainerEvent,
+  });
+  await app.start();
+  return app;
+}
