@@ -1,6 +1,13 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
-import { createTestDatabase, insertOrders, setSetting, type TestDatabase, validPayload, waitFor } from "./helpers/db.js";
+import {
+  createTestDatabase,
+  insertOrders,
+  setSetting,
+  type TestDatabase,
+  validPayload,
+  waitFor,
+} from "./helpers/db.js";
 import { type FakeShipStation, startFakeShipStation } from "./helpers/fake-shipstation.js";
 import { startReactor } from "./helpers/reactor.js";
 
@@ -32,7 +39,10 @@ describe("uploads: orders_inbox → ShipStation", () => {
     const { rows } = await db.pool.query(
       `INSERT INTO orders_inbox (order_number, order_key, status, payload)
        VALUES ('A-1', 'key-a1', 'awaiting_payment', $1), ('A-2', NULL, 'on_hold', $2) RETURNING id`,
-      [JSON.stringify(validPayload({ orderId: 42 })), JSON.stringify(validPayload({ orderDate: undefined }))],
+      [
+        JSON.stringify(validPayload({ orderId: 42 })),
+        JSON.stringify(validPayload({ orderDate: undefined })),
+      ],
     );
     const id2 = String(rows[1].id);
     await waitFor(() => fake.received.size === 2, { what: "two orders at the fake" });
@@ -40,13 +50,19 @@ describe("uploads: orders_inbox → ShipStation", () => {
     expect(sent).toHaveLength(2);
     const a1 = sent.find((o) => o.orderKey === "key-a1");
     const a2 = sent.find((o) => o.orderKey === id2);
-    expect(a1).toMatchObject({ orderNumber: "A-1", orderStatus: "awaiting_payment", orderDate: "2026-11-20T10:00:00Z" });
+    expect(a1).toMatchObject({
+      orderNumber: "A-1",
+      orderStatus: "awaiting_payment",
+      orderDate: "2026-11-20T10:00:00Z",
+    });
     expect(a1).not.toHaveProperty("orderId");
     expect(a1?.shipTo).toMatchObject({ name: "Ada Lovelace" });
     expect(a2).toMatchObject({ orderNumber: "A-2", orderStatus: "on_hold" });
     expect(Number.isNaN(Date.parse(String(a2?.orderDate)))).toBe(false);
     const auth = fake.calls[0]?.authorization ?? "";
-    expect(Buffer.from(auth.replace(/^Basic /, ""), "base64").toString()).toBe("test-key:test-secret");
+    expect(Buffer.from(auth.replace(/^Basic /, ""), "base64").toString()).toBe(
+      "test-key:test-secret",
+    );
     expect(fake.calls[0]?.userAgent).toMatch(/^pg-reactor\//);
     const states = await waitFor(async () => {
       const r = await db.pool.query(
@@ -64,11 +80,16 @@ describe("uploads: orders_inbox → ShipStation", () => {
   it("a 10,000-row INSERT is uploaded completely in at most 100 calls", async () => {
     app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
     await insertOrders(db.pool, 10_000);
-    await waitFor(() => fake.received.size === 10_000, { timeoutMs: 60_000, what: "10,000 orders" });
+    await waitFor(() => fake.received.size === 10_000, {
+      timeoutMs: 60_000,
+      what: "10,000 orders",
+    });
     expect(fake.calls.length).toBeLessThanOrEqual(100);
     expect([...fake.received.values()].every((n) => n === 1)).toBe(true);
     await waitFor(async () => {
-      const r = await db.pool.query("SELECT count(*)::int AS n FROM orders_inbox WHERE upload_state = 'uploaded'");
+      const r = await db.pool.query(
+        "SELECT count(*)::int AS n FROM orders_inbox WHERE upload_state = 'uploaded'",
+      );
       return r.rows[0].n === 10_000;
     });
   });
@@ -83,9 +104,10 @@ describe("uploads: orders_inbox → ShipStation", () => {
     );
     await client.query("ROLLBACK");
     client.release();
-    await db.pool.query("INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('M-1', 'marker', $1)", [
-      JSON.stringify(validPayload()),
-    ]);
+    await db.pool.query(
+      "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('M-1', 'marker', $1)",
+      [JSON.stringify(validPayload())],
+    );
     await waitFor(() => fake.received.has("marker"), { what: "the marker order" });
     expect(fake.received.has("rolled-back")).toBe(false);
     expect(fake.calls.flatMap((c) => c.orders).map((o) => o.orderKey)).toEqual(["marker"]);
@@ -106,7 +128,9 @@ describe("uploads: orders_inbox → ShipStation", () => {
       [good, JSON.stringify(noShipTo), "N".repeat(51)],
     );
     await waitFor(async () => {
-      const r = await db.pool.query("SELECT count(*)::int AS n FROM orders_inbox WHERE upload_state = 'pending'");
+      const r = await db.pool.query(
+        "SELECT count(*)::int AS n FROM orders_inbox WHERE upload_state = 'pending'",
+      );
       return r.rows[0].n === 0;
     });
     expect([...fake.received.keys()].sort()).toEqual(["good-1", "good-2"]);
@@ -128,27 +152,39 @@ describe("uploads: orders_inbox → ShipStation", () => {
       [JSON.stringify(validPayload())],
     );
     const rows = await waitFor(async () => {
-      const r = await db.pool.query("SELECT order_key, upload_state, last_error FROM orders_inbox ORDER BY order_key");
+      const r = await db.pool.query(
+        "SELECT order_key, upload_state, last_error FROM orders_inbox ORDER BY order_key",
+      );
       return r.rows.every((x) => x.upload_state !== "pending") ? r.rows : null;
     });
     expect(rows).toEqual([
-      { order_key: "bad-sku", upload_state: "failed", last_error: "ShipStation refused the order: Item SKU not found" },
+      {
+        order_key: "bad-sku",
+        upload_state: "failed",
+        last_error: "ShipStation refused the order: Item SKU not found",
+      },
       { order_key: "fine", upload_state: "uploaded", last_error: null },
     ]);
   });
 
   it("a 429 with X-Rate-Limit-Reset pauses uploads until the reset and does not use an attempt", async () => {
-    fake.script.push({ status: 429, headers: { "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1" } });
+    fake.script.push({
+      status: 429,
+      headers: { "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1" },
+    });
     app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
-    await db.pool.query("INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('R-1', 'r1', $1)", [
-      JSON.stringify(validPayload()),
-    ]);
+    await db.pool.query(
+      "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('R-1', 'r1', $1)",
+      [JSON.stringify(validPayload())],
+    );
     await waitFor(() => fake.received.has("r1"), { what: "the order after the reset" });
     expect(fake.calls).toHaveLength(2);
     const gap = (fake.calls[1]?.at ?? 0) - (fake.calls[0]?.at ?? 0);
     expect(gap).toBeGreaterThanOrEqual(900);
     const row = await waitFor(async () => {
-      const r = await db.pool.query("SELECT upload_state, attempts FROM orders_inbox WHERE order_key = 'r1'");
+      const r = await db.pool.query(
+        "SELECT upload_state, attempts FROM orders_inbox WHERE order_key = 'r1'",
+      );
       return r.rows[0]?.upload_state === "uploaded" ? r.rows[0] : null;
     });
     expect(row.attempts).toBe(1);
@@ -157,18 +193,23 @@ describe("uploads: orders_inbox → ShipStation", () => {
   it("a 5xx is retried on the schedule and then succeeds", async () => {
     fake.script.push({ status: 503 });
     app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
-    await db.pool.query("INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('T-1', 't1', $1)", [
-      JSON.stringify(validPayload()),
-    ]);
+    await db.pool.query(
+      "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('T-1', 't1', $1)",
+      [JSON.stringify(validPayload())],
+    );
     const failedOnce = await waitFor(async () => {
-      const r = await db.pool.query("SELECT attempts, last_error, upload_state FROM orders_inbox WHERE order_key = 't1'");
+      const r = await db.pool.query(
+        "SELECT attempts, last_error, upload_state FROM orders_inbox WHERE order_key = 't1'",
+      );
       return r.rows[0]?.attempts === 1 ? r.rows[0] : null;
     });
     expect(failedOnce.upload_state).toBe("pending");
     expect(failedOnce.last_error).toMatch(/ShipStation HTTP 503/);
     await waitFor(() => fake.received.has("t1"), { timeoutMs: 15_000, what: "the retried order" });
     const row = await waitFor(async () => {
-      const r = await db.pool.query("SELECT upload_state, attempts, last_error FROM orders_inbox WHERE order_key = 't1'");
+      const r = await db.pool.query(
+        "SELECT upload_state, attempts, last_error FROM orders_inbox WHERE order_key = 't1'",
+      );
       return r.rows[0]?.upload_state === "uploaded" ? r.rows[0] : null;
     });
     expect(row).toEqual({ upload_state: "uploaded", attempts: 2, last_error: null });
@@ -176,9 +217,10 @@ describe("uploads: orders_inbox → ShipStation", () => {
 
   it("a later change of an uploaded open order sends it again with the same orderKey", async () => {
     app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
-    await db.pool.query("INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('U-1', 'u1', $1)", [
-      JSON.stringify(validPayload()),
-    ]);
+    await db.pool.query(
+      "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('U-1', 'u1', $1)",
+      [JSON.stringify(validPayload())],
+    );
     await waitFor(async () => {
       const r = await db.pool.query("SELECT upload_state FROM orders_inbox WHERE order_key = 'u1'");
       return r.rows[0]?.upload_state === "uploaded";

@@ -153,6 +153,8 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
     async claim(owner, limit, leaseSeconds) {
       const { rows } = await pool.query<Row>(claimSql, [owner, leaseSeconds, limit]);
       for (const row of rows) {
+        // bigint arrives as a string; ids stay far below 2^53.
+        row.id = Number(row.id);
         versions.set(row.id, row.claim_version == null ? null : String(row.claim_version));
       }
       return rows;

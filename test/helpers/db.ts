@@ -28,11 +28,17 @@ async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
 }
 
 /** A fresh database. `migrated: false` gives an empty one (for migrate tests). */
-export async function createTestDatabase(options: { migrated?: boolean } = {}): Promise<TestDatabase> {
+export async function createTestDatabase(
+  options: { migrated?: boolean } = {},
+): Promise<TestDatabase> {
   const template = inject("templateDb");
   const name = `pgr_t_${template.slice(8)}_${randomBytes(4).toString("hex")}`;
   await admin((c) =>
-    c.query(options.migrated === false ? `CREATE DATABASE ${name}` : `CREATE DATABASE ${name} TEMPLATE ${template}`),
+    c.query(
+      options.migrated === false
+        ? `CREATE DATABASE ${name}`
+        : `CREATE DATABASE ${name} TEMPLATE ${template}`,
+    ),
   );
   const url = urlFor(name);
   const pool = new pg.Pool({ connectionString: url, max: 5, application_name: "pg-reactor tests" });

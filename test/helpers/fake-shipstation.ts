@@ -49,7 +49,9 @@ export async function startFakeShipStation(): Promise<FakeShipStation> {
       res.writeHead(404).end("not found");
       return;
     }
-    const orders = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Array<Record<string, unknown>>;
+    const orders = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Array<
+      Record<string, unknown>
+    >;
     fake.calls.push({
       at: Date.now(),
       authorization: req.headers.authorization,

@@ -57,7 +57,11 @@ export default async function setup(project: TestProject) {
       const dir = path.join(tmpdir(), `pg-reactor-test-${randomBytes(4).toString("hex")}`);
       await mkdir(dir, { recursive: true });
       await chmod(dir, 0o755);
-      const embedded = await startEmbeddedPostgres({ dir, persistent: false, database: "postgres" });
+      const embedded = await startEmbeddedPostgres({
+        dir,
+        persistent: false,
+        database: "postgres",
+      });
       adminUrl = embedded.url;
       serverKind = "embedded";
       stop = async () => {

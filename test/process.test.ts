@@ -1,0 +1,91 @@
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  createTestDatabase,
+  setSetting,
+  type TestDatabase,
+  validPayload,
+  waitFor,
+} from "./helpers/db.js";
+import { type FakeShipStation, startFakeShipStation } from "./helpers/fake-shipstation.js";
+import { spawnEntry } from "./helpers/process.js";
+
+describe("the process", () => {
+  let db: TestDatabase;
+  let fake: FakeShipStation;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    fake = await startFakeShipStation();
+  });
+  afterAll(async () => {
+    await fake.close();
+    await db.drop();
+  });
+
+  it("SIGTERM lets the in-flight upload finish, releases nothing it finished, and exits 0", async () => {
+    await setSetting(db.pool, "upload_rate_limit_per_minute", "100000");
+    fake.script.push({ status: 200, delayMs: 1_500 });
+    const proc = spawnEntry("src/main.ts", {
+      DATABASE_URL: db.url,
+      HTTP_PORT: "0",
+      SHIPSTATION_BASE_URL: fake.url,
+      SHIPSTATION_API_KEY: "k",
+      SHIPSTATION_API_SECRET: "s",
+    });
+    await waitFor(() => proc.output().includes("pg-reactor ready"), {
+      timeoutMs: 30_000,
+      what: "ready",
+    });
+    await db.pool.query(
+      "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('SIG-1', 'sig1', $1)",
+      [JSON.stringify(validPayload())],
+    );
+    await waitFor(() => fake.calls.length === 1, { what: "the slow call to start" });
+    proc.child.kill("SIGTERM");
+    const { code } = await proc.exited;
+    expect(code, proc.output()).toBe(0);
+    const { rows } = await db.pool.query(
+      "SELECT upload_state, locked_by FROM orders_inbox WHERE order_key = 'sig1'",
+    );
+    expect(rows[0]).toEqual({ upload_state: "uploaded", locked_by: null });
+    expect(proc.output()).toContain("stopped cleanly");
+  });
+
+  it("an invalid environment variable exits 1 with one line naming it", async () => {
+    const proc = spawnEntry("src/main.ts", { DATABASE_URL: db.url, HTTP_PORT: "eighty" });
+    const { code } = await proc.exited;
+    expect(code).toBe(1);
+    expect(proc.output().trim()).toBe(
+      'pg-reactor: HTTP_PORT must be an integer from 0 to 65535, got "eighty"',
+    );
+  });
+
+  it("migrate run by three processes at once is safe, and a second run is a no-op", async () => {
+    const empty = await createTestDatabase({ migrated: false });
+    try {
+      const runs = [1, 2, 3].map(() =>
+        spawnEntry("src/migrate-cli.ts", { DATABASE_URL: empty.url }),
+      );
+      const results = await Promise.all(runs.map((r) => r.exited));
+      for (const [i, r] of results.entries()) expect(r.code, runs[i]?.output()).toBe(0);
+      const applied = runs.filter((r) => r.output().includes("applied 010_orders_inbox.sql"));
+      expect(applied).toHaveLength(1);
+      const again = spawnEntry("src/migrate-cli.ts", { DATABASE_URL: empty.url });
+      expect((await again.exited).code).toBe(0);
+      expect(again.output()).toContain("(nothing to do)");
+      const client = new pg.Client({ connectionString: empty.url });
+      await client.connect();
+      const tables = await client.query(
+        "SELECT count(*)::int AS n FROM pg_trigger WHERE tgrelid = 'orders_inbox'::regclass AND NOT tgisinternal",
+      );
+      expect(tables.rows[0].n).toBe(3);
+      const migrations = await client.query(
+        "SELECT count(*)::int AS n FROM drizzle.__drizzle_migrations",
+      );
+      expect(migrations.rows[0].n).toBeGreaterThanOrEqual(1);
+      await client.end();
+    } finally {
+      await empty.drop();
+    }
+  });
+});

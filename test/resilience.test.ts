@@ -1,0 +1,143 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { App } from "../src/app.js";
+import { makeOrdersQueue } from "../src/uploads/queue.js";
+import {
+  createTestDatabase,
+  insertOrders,
+  setSetting,
+  type TestDatabase,
+  validPayload,
+  waitFor,
+} from "./helpers/db.js";
+import { type FakeShipStation, startFakeShipStation } from "./helpers/fake-shipstation.js";
+import { startReactor } from "./helpers/reactor.js";
+
+describe("resilience of the core reactor", () => {
+  let db: TestDatabase;
+  let fake: FakeShipStation;
+  const apps: App[] = [];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    fake = await startFakeShipStation();
+    await setSetting(db.pool, "upload_rate_limit_per_minute", "100000");
+    // The safety poll must not be what rescues anything in these tests.
+    await setSetting(db.pool, "poll_interval_seconds", "3600");
+  });
+  afterAll(async () => {
+    await Promise.all(apps.map((a) => a.stop(1_000)));
+    await fake.close();
+    await db.drop();
+  });
+
+  it("orders inserted while the listener backend is killed are uploaded after the reconnect, not by the poll", async () => {
+    const app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
+    apps.push(app);
+    const reconnectsBefore = app.reactor.listener().state().reconnects;
+    const killed = await db.pool.query(
+      `SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity
+       WHERE application_name = 'pg-reactor listener' AND datname = current_database()`,
+    );
+    expect(killed.rows).toHaveLength(1);
+    // Inserted while the listener is (very likely) down: their NOTIFY is lost.
+    await insertOrders(db.pool, 20, { prefix: "cut" });
+    await waitFor(
+      async () => {
+        const r = await db.pool.query(
+          "SELECT count(*)::int AS n FROM orders_inbox WHERE upload_state = 'uploaded'",
+        );
+        return r.rows[0].n === 20;
+      },
+      { timeoutMs: 30_000, what: "orders after reconnect" },
+    );
+    expect(app.reactor.listener().state().reconnects).toBeGreaterThan(reconnectsBefore);
+    expect(app.reactor.listener().state().connected).toBe(true);
+    expect(app.reactor.poll.lastPollAt()?.getTime() ?? 0).toBeLessThan(Date.now());
+    // And the new connection hears new notifications again.
+    await insertOrders(db.pool, 1, { prefix: "after" });
+    await waitFor(() => [...fake.received.keys()].length === 21, {
+      what: "the order after reconnect",
+    });
+    await app.stop(1_000);
+    apps.pop();
+  });
+
+  it("a row leased by a crashed worker is re-sent with the same orderKey once the lease expires", async () => {
+    await db.pool.query("TRUNCATE orders_inbox");
+    fake.received.clear();
+    const [id] = await insertOrders(db.pool, 1, { prefix: "crash" });
+    // A worker claims with a 2 s lease and dies before finalizing.
+    const queue = makeOrdersQueue(db.pool as never);
+    const claimed = await queue.claim("crashed-worker/dead", 10, 2);
+    expect(claimed.map((r) => r.id)).toEqual([id]);
+    const app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
+    apps.push(app);
+    // Not while the lease is valid…
+    const early = await db.pool.query("SELECT locked_by FROM orders_inbox WHERE id = $1", [id]);
+    expect(early.rows[0].locked_by).toBe("crashed-worker/dead");
+    // …but right after it expires (the drainer's timer, not the hour-long poll).
+    await waitFor(() => fake.received.get(String(id)) === 1, {
+      timeoutMs: 10_000,
+      what: "re-sent order",
+    });
+    const row = await waitFor(async () => {
+      const r = await db.pool.query(
+        "SELECT upload_state, locked_by FROM orders_inbox WHERE id = $1",
+        [id],
+      );
+      return r.rows[0].upload_state === "uploaded" ? r.rows[0] : null;
+    });
+    expect(row.locked_by).toBeNull();
+    // The dead worker's late finalize is ignored: it no longer holds the lease.
+    expect(
+      await queue.finalize("crashed-worker/dead", [
+        { id: id as number, kind: "failed", error: "late" },
+      ]),
+    ).toBe(0);
+    await app.stop(1_000);
+    apps.pop();
+  });
+
+  it("two reactors on one database upload each order exactly once", async () => {
+    await db.pool.query("TRUNCATE orders_inbox");
+    fake.received.clear();
+    fake.calls.length = 0;
+    await setSetting(db.pool, "upload_batch_size", "10");
+    const a = await startReactor({
+      databaseUrl: db.url,
+      shipstationUrl: fake.url,
+      env: { INSTANCE_ID: "a" },
+    });
+    const b = await startReactor({
+      databaseUrl: db.url,
+      shipstationUrl: fake.url,
+      env: { INSTANCE_ID: "b" },
+    });
+    apps.push(a, b);
+    for (let i = 0; i < 20; i++) await insertOrders(db.pool, 25, { prefix: `r${i}` });
+    await waitFor(() => fake.received.size === 500, { timeoutMs: 30_000, what: "500 orders" });
+    expect([...fake.received.values()].every((n) => n === 1)).toBe(true);
+    const claimedA = await a.metrics.claimed.get();
+    const claimedB = await b.metrics.claimed.get();
+    const sum = (m: typeof claimedA) => m.values.reduce((s, v) => s + v.value, 0);
+    expect(sum(claimedA) + sum(claimedB)).toBe(500);
+    await db.pool.query(
+      "DELETE FROM configuration_params WHERE parameter_name = 'upload_batch_size'",
+    );
+  });
+
+  it("uploads stay paused, orders pending, when no ShipStation credentials are configured", async () => {
+    const app = await startReactor({
+      databaseUrl: db.url,
+      shipstationUrl: fake.url,
+      env: { SHIPSTATION_API_KEY: "", SHIPSTATION_API_SECRET: "" },
+    });
+    apps.push(app);
+    const uploads = app.reactor.workloads.find((w) => w.name === "uploads");
+    expect(uploads?.enabled()).toBe(false);
+    expect(uploads?.disabledReason()).toMatch(
+      /SHIPSTATION_API_KEY and SHIPSTATION_API_SECRET are not set/,
+    );
+    void validPayload;
+  });
+});

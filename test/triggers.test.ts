@@ -1,0 +1,122 @@
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  createTestDatabase,
+  insertOrders,
+  type TestDatabase,
+  validPayload,
+  waitFor,
+} from "./helpers/db.js";
+
+/** A LISTEN session of the test's own, recording what arrives on a channel. */
+async function listen(url: string, channel: string) {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  const received: string[] = [];
+  client.on("notification", (n) => {
+    if (n.channel === channel) received.push(n.payload ?? "");
+  });
+  await client.query(`LISTEN ${channel}`);
+  return {
+    received,
+    /** Sends a marker through the same channel and waits for it: everything before it has arrived. */
+    async flush(pool: pg.Pool) {
+      const marker = `{"marker":${Date.now()}${Math.random()}}`;
+      await pool.query("SELECT pg_notify($1, $2)", [channel, marker]);
+      await waitFor(() => received.includes(marker), { what: "the marker notification" });
+      received.splice(received.indexOf(marker), 1);
+    },
+    close: () => client.end(),
+  };
+}
+
+describe("orders_inbox triggers", () => {
+  let db: TestDatabase;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await db.drop();
+  });
+
+  it("a 10,000-row INSERT sends exactly one tiny notification", async () => {
+    const l = await listen(db.url, "reactor_orders");
+    await insertOrders(db.pool, 10_000);
+    await l.flush(db.pool);
+    expect(l.received).toHaveLength(1);
+    expect(JSON.parse(l.received[0] ?? "")).toEqual({ v: 1, table: "orders_inbox", op: "INSERT" });
+    expect(Buffer.byteLength(l.received[0] ?? "")).toBeLessThan(100);
+    await l.close();
+  });
+
+  it("a rolled-back transaction notifies nothing", async () => {
+    const l = await listen(db.url, "reactor_orders");
+    const client = await db.pool.connect();
+    await client.query("BEGIN");
+    await insertOrders(client, 5);
+    await client.query("ROLLBACK");
+    client.release();
+    await l.flush(db.pool);
+    expect(l.received).toHaveLength(0);
+    await l.close();
+  });
+
+  it("re-queues a changed uploaded order, resets attempts, and notifies once per statement", async () => {
+    const ids = await insertOrders(db.pool, 3);
+    await db.pool.query(
+      "UPDATE orders_inbox SET upload_state = 'uploaded', attempts = 2, last_error = 'x' WHERE id = ANY($1)",
+      [ids],
+    );
+    const l = await listen(db.url, "reactor_orders");
+    await db.pool.query(
+      'UPDATE orders_inbox SET payload = payload || \'{"note":"gift"}\' WHERE id = ANY($1)',
+      [ids],
+    );
+    await l.flush(db.pool);
+    expect(l.received).toHaveLength(1);
+    const { rows } = await db.pool.query(
+      "SELECT upload_state, attempts, last_error FROM orders_inbox WHERE id = ANY($1)",
+      [ids],
+    );
+    expect(
+      rows.every((r) => r.upload_state === "pending" && r.attempts === 0 && r.last_error === null),
+    ).toBe(true);
+    await l.close();
+  });
+
+  it("does not re-queue shipped orders, nor notify for updates that change nothing claimable", async () => {
+    const [id] = await insertOrders(db.pool, 1);
+    await db.pool.query("UPDATE orders_inbox SET upload_state = 'uploaded' WHERE id = $1", [id]);
+    const l = await listen(db.url, "reactor_orders");
+    await db.pool.query("UPDATE orders_inbox SET status = 'shipped' WHERE id = $1", [id]);
+    // A claim-like update (lease stamped) must not wake anyone.
+    const [other] = await insertOrders(db.pool, 1, { payload: validPayload() });
+    await l.flush(db.pool);
+    l.received.length = 0;
+    await db.pool.query(
+      "UPDATE orders_inbox SET locked_by = 'x', locked_until = now() WHERE id = $1",
+      [other],
+    );
+    await l.flush(db.pool);
+    expect(l.received).toHaveLength(0);
+    const { rows } = await db.pool.query("SELECT upload_state FROM orders_inbox WHERE id = $1", [
+      id,
+    ]);
+    expect(rows[0].upload_state).toBe("uploaded");
+    await l.close();
+  });
+
+  it("the claim query uses the partial index on due pending rows", async () => {
+    await db.pool.query("ANALYZE orders_inbox");
+    const client = await db.pool.connect();
+    try {
+      await client.query("SET enable_seqscan = off");
+      const { rows } = await client.query(`EXPLAIN SELECT id FROM orders_inbox
+        WHERE upload_state = 'pending' AND next_attempt_at <= now()
+        ORDER BY next_attempt_at, id LIMIT 100`);
+      expect(rows.map((r) => r["QUERY PLAN"]).join("\n")).toMatch(/orders_inbox_due_idx/);
+    } finally {
+      client.release();
+    }
+  });
+});

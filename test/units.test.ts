@@ -1,0 +1,168 @@
+// Pure units: environment parsing, settings parsing, the rate limiter, order building.
+import { describe, expect, it } from "vitest";
+import { EnvError, loadEnv } from "../src/config/env.js";
+import { scheduledDelayMs } from "../src/reactor/backoff.js";
+import { parsePayload } from "../src/reactor/listener.js";
+import { makeRateLimiter } from "../src/reactor/rate-limit.js";
+import {
+  defaultSettings,
+  parseSetting,
+  STANDARD_WEBHOOKS_SCHEDULE,
+} from "../src/reactor/settings-spec.js";
+import { buildOrder } from "../src/uploads/order.js";
+
+describe("environment", () => {
+  it("has safe defaults", () => {
+    const env = loadEnv({});
+    expect(env).toMatchObject({
+      databaseUrl: undefined,
+      httpHost: "127.0.0.1",
+      httpPort: 8080,
+      adminToken: undefined,
+      webhookAllowPrivateNetworks: false,
+      logLevel: "info",
+    });
+    expect(env.shipstation.baseUrl).toBe("https://ssapi.shipstation.com");
+  });
+  it.each([
+    [
+      { DATABASE_URL: "mysql://x" },
+      /^DATABASE_URL must be a postgres:\/\/ or postgresql:\/\/ URL, got "mysql:\/\/x"$/,
+    ],
+    [{ HTTP_PORT: "70000" }, /^HTTP_PORT must be an integer from 0 to 65535/],
+    [
+      { WEBHOOK_ALLOW_PRIVATE_NETWORKS: "maybe" },
+      /^WEBHOOK_ALLOW_PRIVATE_NETWORKS must be true or false/,
+    ],
+    [{ LOG_LEVEL: "loud" }, /^LOG_LEVEL must be one of fatal, error/],
+    [{ SHIPSTATION_API_KEY: "k" }, /^SHIPSTATION_API_KEY is set but SHIPSTATION_API_SECRET is not/],
+    [{ ADMIN_TOKEN: "short" }, /^ADMIN_TOKEN must be at least 16 characters$/],
+  ])("rejects %o with a message naming the variable", (vars, message) => {
+    expect(() => loadEnv(vars)).toThrow(EnvError);
+    expect(() => loadEnv(vars)).toThrow(message);
+  });
+  it("never echoes a secret value in its error", () => {
+    expect(() => loadEnv({ ADMIN_TOKEN: "hunter2" })).toThrow(
+      /^ADMIN_TOKEN must be at least 16 characters$/,
+    );
+  });
+});
+
+describe("settings values", () => {
+  it("parses booleans the way the old pollers did", () => {
+    for (const t of ["true", "TRUE", "1", "yes", "On"])
+      expect(parseSetting("uploads_enabled", t)).toBe(true);
+    for (const f of ["false", "0", "NO", "off"])
+      expect(parseSetting("uploads_enabled", f)).toBe(false);
+  });
+  it("names key, value and expectation when a value does not fit", () => {
+    expect(() => parseSetting("poll_interval_seconds", "abc")).toThrow(
+      "reactor.poll_interval_seconds must be an integer from 1 to 3600, got 'abc'",
+    );
+    expect(() => parseSetting("upload_batch_size", "101")).toThrow(/from 1 to 100, got '101'/);
+    expect(() => parseSetting("delivery_retry_schedule_seconds", "5,x")).toThrow(
+      /comma-separated integers/,
+    );
+    expect(() => parseSetting("log_level", "loud")).toThrow(/one of fatal/);
+  });
+  it("has the documented defaults", () => {
+    expect(defaultSettings()).toMatchObject({
+      poll_interval_seconds: 30,
+      lease_seconds: 120,
+      upload_batch_size: 100,
+      upload_concurrency: 2,
+      upload_rate_limit_per_minute: 40,
+      delivery_retry_schedule_seconds: [...STANDARD_WEBHOOKS_SCHEDULE],
+    });
+  });
+  it("retry schedules end (null) when exhausted", () => {
+    expect(scheduledDelayMs([5, 300], 1)).toBeGreaterThanOrEqual(4000);
+    expect(scheduledDelayMs([5, 300], 2)).toBeLessThanOrEqual(360_000);
+    expect(scheduledDelayMs([5, 300], 3)).toBeNull();
+  });
+});
+
+describe("rate limiter", () => {
+  it("allows at most N calls in any 60 s window", () => {
+    const limiter = makeRateLimiter(3);
+    const t0 = 1_000_000;
+    expect([0, 1, 2].map((i) => limiter.tryTake(t0 + i))).toEqual([0, 0, 0]);
+    expect(limiter.tryTake(t0 + 10)).toBe(60_000 - 10);
+    expect(limiter.tryTake(t0 + 60_000)).toBe(0);
+    expect(limiter.tryTake(t0 + 60_000)).toBe(1);
+  });
+  it("keeps the window honest when the limit shrinks", () => {
+    const limiter = makeRateLimiter(5);
+    const t0 = 2_000_000;
+    for (let i = 0; i < 5; i++) limiter.tryTake(t0 + i);
+    limiter.setLimit(2);
+    expect(limiter.tryTake(t0 + 10)).toBeGreaterThan(0);
+  });
+  it("a target's pause blocks until it ends", () => {
+    const limiter = makeRateLimiter(100);
+    const now = Date.now();
+    limiter.pauseUntil(now + 5_000);
+    expect(limiter.tryTake(now)).toBe(5_000);
+    expect(limiter.pausedUntil()).toBe(now + 5_000);
+  });
+});
+
+describe("notification payloads", () => {
+  it("accepts our tiny JSON and refuses garbage and oversized payloads", () => {
+    expect(parsePayload('{"v":1,"table":"orders_inbox","op":"INSERT"}')).toEqual({
+      v: 1,
+      table: "orders_inbox",
+      op: "INSERT",
+    });
+    expect(parsePayload("not json")).toBeNull();
+    expect(parsePayload("[1]")).toBeNull();
+    expect(parsePayload(`{"v":1,"x":"${"a".repeat(9000)}"}`)).toBeNull();
+    expect(parsePayload(undefined)).toBeNull();
+  });
+});
+
+describe("order building", () => {
+  const base = {
+    id: 7,
+    order_number: "N-1",
+    order_key: null,
+    status: "awaiting_shipment",
+    created_at: new Date("2026-01-02T03:04:05Z"),
+  };
+  const payload = { billTo: { name: "A" }, shipTo: { name: "B" } };
+  it("uses the row id as orderKey and created_at as orderDate when absent", () => {
+    const r = buildOrder({ ...base, payload });
+    expect(r).toEqual({
+      ok: true,
+      order: {
+        ...payload,
+        orderNumber: "N-1",
+        orderKey: "7",
+        orderStatus: "awaiting_shipment",
+        orderDate: "2026-01-02T03:04:05.000Z",
+      },
+    });
+  });
+  it("counts characters, not bytes, in order_number (emoji are one each)", () => {
+    expect(buildOrder({ ...base, order_number: "📦".repeat(50), payload }).ok).toBe(true);
+    expect(buildOrder({ ...base, order_number: "📦".repeat(51), payload })).toMatchObject({
+      ok: false,
+    });
+  });
+  it.each([
+    [{ shipTo: { name: "B" } }, /payload\.billTo is required/],
+    [{ billTo: "x", shipTo: { name: "B" } }, /payload\.billTo must be an address object/],
+    [{ billTo: {}, shipTo: {} }, /payload\.shipTo\.name is required/],
+    [{ ...payload, orderDate: "yesterday" }, /payload\.orderDate is not a valid date/],
+    [{ ...payload, items: "many" }, /payload\.items must be an array/],
+    [{ ...payload, notes: "x".repeat(300_000) }, /bytes; the limit is/],
+  ])("refuses %#", (p, message) => {
+    const r = buildOrder({ ...base, payload: p });
+    expect(r.ok).toBe(false);
+    expect(r.ok ? "" : r.error).toMatch(message);
+  });
+  it("refuses unknown statuses by name", () => {
+    const r = buildOrder({ ...base, status: "lost", payload });
+    expect(r.ok ? "" : r.error).toMatch(/status 'lost' is not one of awaiting_payment/);
+  });
+});
