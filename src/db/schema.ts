@@ -3,6 +3,7 @@
 import { sql } from "drizzle-orm";
 import {
   bigint,
+  boolean,
   check,
   index,
   integer,
@@ -11,6 +12,7 @@ import {
   text,
   timestamp,
   unique,
+  uuid,
 } from "drizzle-orm/pg-core";
 
 const tz = (name: string) => timestamp(name, { withTimezone: true, mode: "date" });
@@ -73,3 +75,93 @@ export const reactorSqlFiles = pgTable("reactor_sql_files", {
   checksum: text("checksum").notNull(),
   appliedAt: tz("applied_at").notNull().defaultNow(),
 });
+
+/** Debezium-style outbox: apps INSERT events in the same transaction as their change. */
+export const outboxEvents = pgTable(
+  "outbox_events",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    aggregateType: text("aggregate_type").notNull(),
+    aggregateId: text("aggregate_id").notNull(),
+    eventType: text("event_type").notNull(),
+    payload: jsonb("payload").notNull(),
+    createdAt: tz("created_at").notNull().defaultNow(),
+  },
+  (t) => [index("outbox_events_created_at_idx").on(t.createdAt)],
+);
+
+/** A secret is `whsec_` + base64 of 24 to 64 random bytes (Standard Webhooks). */
+const secretCheck = (column: string) =>
+  sql.raw(`CASE
+  WHEN ${column} IS NULL THEN true
+  WHEN ${column} ~ '^whsec_(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$'
+    THEN octet_length(decode(substr(${column}, 7), 'base64')) BETWEEN 24 AND 64
+  ELSE false END`);
+
+/** Where events go. event_types entries are exact names or `prefix.*`; empty means all. */
+export const webhookSubscriptions = pgTable(
+  "webhook_subscriptions",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedByDefaultAsIdentity(),
+    url: text("url").notNull(),
+    secret: text("secret").notNull(),
+    previousSecret: text("previous_secret"),
+    eventTypes: text("event_types").array().notNull().default(sql`'{}'::text[]`),
+    enabled: boolean("enabled").notNull().default(true),
+    disabledReason: text("disabled_reason"),
+    description: text("description"),
+    createdAt: tz("created_at").notNull().defaultNow(),
+    updatedAt: tz("updated_at").notNull().defaultNow(),
+  },
+  (t) => [
+    // Constraint names are the error messages people see, so they say what is expected.
+    check("url_must_be_http_or_https", sql`${t.url} ~* '^https?://[^/?#[:space:]]+'`),
+    check("secret_must_be_whsec_base64_of_24_to_64_bytes", secretCheck("secret")),
+    check("previous_secret_must_be_whsec_base64_of_24_to_64_bytes", secretCheck("previous_secret")),
+    check(
+      "event_types_must_be_dot_names_or_prefix_star",
+      sql`array_position(${t.eventTypes}, NULL) IS NULL AND array_to_string(${t.eventTypes}, ' ') ~ '^([A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*(\\.\\*)?( |$))*$'`,
+    ),
+  ],
+);
+
+/** One row per (event, subscription), created by the outbox trigger in the event's transaction. */
+export const webhookDeliveries = pgTable(
+  "webhook_deliveries",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedByDefaultAsIdentity(),
+    eventId: uuid("event_id")
+      .notNull()
+      .references(() => outboxEvents.id, { onDelete: "cascade" }),
+    subscriptionId: bigint("subscription_id", { mode: "number" })
+      .notNull()
+      .references(() => webhookSubscriptions.id, { onDelete: "cascade" }),
+    state: text("state").notNull().default("pending"),
+    attempts: integer("attempts").notNull().default(0),
+    nextAttemptAt: tz("next_attempt_at").notNull().defaultNow(),
+    lockedBy: text("locked_by"),
+    lockedUntil: tz("locked_until"),
+    lastStatus: integer("last_status"),
+    lastError: text("last_error"),
+    deliveredAt: tz("delivered_at"),
+    createdAt: tz("created_at").notNull().defaultNow(),
+  },
+  (t) => [
+    unique("webhook_deliveries_event_subscription_key").on(t.eventId, t.subscriptionId),
+    check(
+      "webhook_deliveries_state_check",
+      sql`${t.state} IN ('pending', 'delivered', 'failed', 'cancelled')`,
+    ),
+    index("webhook_deliveries_due_idx")
+      .on(t.nextAttemptAt, t.id)
+      .where(sql`${t.state} = 'pending'`),
+    index("webhook_deliveries_subscription_pending_idx")
+      .on(t.subscriptionId)
+      .where(sql`${t.state} = 'pending'`),
+    index("webhook_deliveries_failed_idx").on(t.id).where(sql`${t.state} = 'failed'`),
+    index("webhook_deliveries_event_idx").on(t.eventId),
+    index("webhook_deliveries_final_idx")
+      .on(t.createdAt)
+      .where(sql`${t.state} IN ('delivered', 'cancelled')`),
+  ],
+);

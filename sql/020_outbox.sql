@@ -1,0 +1,60 @@
+-- Outbox fan-out (DESIGN.md §4): in the transaction that inserts events, create one
+-- webhook_deliveries row per (new event, enabled matching subscription), then notify
+-- reactor_deliveries once per statement, only if any delivery was created.
+-- A subscription matches when its event_types is empty, names the event type exactly,
+-- or holds 'prefix.*' and the type starts with 'prefix.'.
+
+CREATE OR REPLACE FUNCTION reactor_outbox_fan_out() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  created bigint;
+BEGIN
+  WITH inserted AS (
+    INSERT INTO webhook_deliveries (event_id, subscription_id)
+    SELECT e.id, s.id
+    FROM new_rows e
+    JOIN webhook_subscriptions s ON s.enabled AND (
+      cardinality(s.event_types) = 0
+      OR e.event_type = ANY (s.event_types)
+      OR EXISTS (
+        SELECT 1 FROM unnest(s.event_types) AS p(pattern)
+        WHERE right(p.pattern, 2) = '.*' AND starts_with(e.event_type, left(p.pattern, -1))
+      )
+    )
+    ON CONFLICT (event_id, subscription_id) DO NOTHING
+    RETURNING 1
+  )
+  SELECT count(*) INTO created FROM inserted;
+  IF created > 0 THEN
+    PERFORM pg_notify('reactor_deliveries', '{"v":1,"table":"webhook_deliveries","op":"INSERT"}');
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS reactor_outbox_fan_out ON outbox_events;
+CREATE TRIGGER reactor_outbox_fan_out
+  AFTER INSERT ON outbox_events
+  REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION reactor_outbox_fan_out();
+
+-- Manual retries (failed → pending) and released leases wake the reactors at once.
+DROP TRIGGER IF EXISTS reactor_deliveries_notify_update ON webhook_deliveries;
+CREATE TRIGGER reactor_deliveries_notify_update
+  AFTER UPDATE ON webhook_deliveries
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION reactor_notify_became_due('reactor_deliveries', 'state', 'pending');
+
+-- Subscriptions keep updated_at honest for the admin API.
+CREATE OR REPLACE FUNCTION reactor_touch_updated_at() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.updated_at := now();
+  RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS reactor_subscriptions_touch ON webhook_subscriptions;
+CREATE TRIGGER reactor_subscriptions_touch
+  BEFORE UPDATE ON webhook_subscriptions
+  FOR EACH ROW EXECUTE FUNCTION reactor_touch_updated_at();
