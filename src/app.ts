@@ -2,8 +2,12 @@
 // workloads, reactor and status server. main.ts adds the process concerns (embedded
 // Postgres, migrate, signals); tests call this directly to run reactors in-process.
 import { randomBytes } from "node:crypto";
+import type { LookupFunction } from "node:net";
 import type { Env } from "./config/env.js";
 import { makePool, type Pool } from "./db/pool.js";
+import { makeDeliveriesQueue } from "./deliveries/queue.js";
+import { guardedLookup } from "./deliveries/ssrf.js";
+import { makeDeliveriesWorkload } from "./deliveries/workload.js";
 import type { Logger } from "./logger.js";
 import { type Metrics, makeMetrics } from "./metrics.js";
 import { makeAgent } from "./outbound/http.js";
@@ -71,12 +75,25 @@ export function makeApp(options: AppOptions): App {
     logger,
     metrics,
   });
+  const deliveries = makeDeliveriesWorkload({
+    pool,
+    queue: makeDeliveriesQueue(pool),
+    settings: settings.current,
+    agent: makeAgent({
+      connections: 64,
+      // Checks the address actually dialled, so DNS rebinding cannot reach a private network.
+      lookup: env.webhookAllowPrivateNetworks ? undefined : (guardedLookup as LookupFunction),
+    }),
+    allowPrivateNetworks: env.webhookAllowPrivateNetworks,
+    logger,
+    metrics,
+  });
   const reactor = makeReactor({
     pool,
     listenUrl: env.listenDatabaseUrl ?? options.databaseUrl,
     owner,
     settings,
-    workloads: [uploads],
+    workloads: [uploads, deliveries],
     logger,
     metrics,
     listenerCheckIntervalMs: options.listenerCheckIntervalMs,

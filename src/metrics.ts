@@ -50,7 +50,7 @@ export function makeMetrics(options: { defaultMetrics?: boolean } = {}) {
     }),
     completed: new Counter({
       name: "reactor_completed_total",
-      help: "Rows finalized, by outcome: success, retry, failed (deferred rows are not counted).",
+      help: "Rows finalized, by outcome: success, retry, failed, cancelled (deferred rows are not counted).",
       labelNames: ["workload", "outcome"] as const,
       registers,
     }),

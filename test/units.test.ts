@@ -166,3 +166,48 @@ describe("order building", () => {
     expect(r.ok ? "" : r.error).toMatch(/status 'lost' is not one of awaiting_payment/);
   });
 });
+
+describe("SSRF guard", () => {
+  it("classifies addresses with ipaddr.js ranges", async () => {
+    const { isPublicAddress } = await import("../src/deliveries/ssrf.js");
+    for (const a of [
+      "127.0.0.1",
+      "10.0.0.1",
+      "172.16.5.4",
+      "192.168.1.1",
+      "169.254.169.254",
+      "100.64.0.1",
+      "::1",
+      "fd00::1",
+      "fe80::1",
+      "224.0.0.1",
+      "0.0.0.0",
+      "::",
+      "::ffff:127.0.0.1",
+    ]) {
+      expect(isPublicAddress(a), a).toBe(false);
+    }
+    for (const a of ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"])
+      expect(isPublicAddress(a), a).toBe(true);
+  });
+  it("checks the address actually dialled, even when the pre-check is skipped", async () => {
+    const { makeAgent } = await import("../src/outbound/http.js");
+    const { guardedLookup } = await import("../src/deliveries/ssrf.js");
+    const { sendWebhook } = await import("../src/deliveries/webhook-client.js");
+    const agent = makeAgent({ lookup: guardedLookup as never });
+    // allowPrivate skips the pre-check: only the connect-time lookup stands in the way.
+    const result = await sendWebhook({
+      url: "http://localhost:9/x",
+      body: "{}",
+      headers: {},
+      timeoutMs: 2_000,
+      agent,
+      allowPrivate: true,
+    });
+    expect(result.kind).toBe("refused");
+    expect("error" in result ? result.error : "").toMatch(
+      /localhost resolves to .*loopback address/,
+    );
+    await agent.close();
+  });
+});

@@ -1,13 +1,14 @@
 // Outbound HTTP helpers shared by every target client: one keep-alive undici Agent per
 // target family, hard timeouts, status classes for metrics, and Retry-After parsing.
+import type { LookupFunction } from "node:net";
 import { Agent } from "undici";
 
-export function makeAgent(options: { connections?: number } = {}): Agent {
+export function makeAgent(options: { connections?: number; lookup?: LookupFunction } = {}): Agent {
   return new Agent({
     keepAliveTimeout: 30_000,
     keepAliveMaxTimeout: 60_000,
     connections: options.connections ?? 64,
-    connect: { timeout: 10_000 },
+    connect: { timeout: 10_000, ...(options.lookup ? { lookup: options.lookup } : {}) },
     // Redirects are never followed (a 3xx is a failure), so no redirect interceptor.
   });
 }

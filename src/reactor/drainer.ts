@@ -138,7 +138,8 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
       await finalizeUnit(rows, outcomes);
       for (const o of outcomes) {
         if (o.kind === "defer") metrics.deferred.inc(label);
-        else metrics.completed.inc({ ...label, outcome: o.kind });
+        else
+          metrics.completed.inc({ ...label, outcome: o.kind === "cancel" ? "cancelled" : o.kind });
       }
       options.onEvent?.({ type: "finalized", workload: workload.name, outcomes });
     })().finally(() => {

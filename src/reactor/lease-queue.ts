@@ -9,7 +9,7 @@ import type { Pool } from "../db/pool.js";
 export interface QueueTableSpec {
   table: string;
   stateColumn: string;
-  states: { pending: string; done: string; failed: string };
+  states: { pending: string; done: string; failed: string; cancelled?: string };
   /** Column stamped when a row reaches `done` (uploaded_at, delivered_at). */
   doneAtColumn: string;
   /**
@@ -23,8 +23,12 @@ export interface QueueTableSpec {
     type: "bigint" | "integer" | "text";
     keepOld?: boolean;
   }>;
-  /** Extra SQL joined into the claim (`JOIN x ON x.id = t.x_id`) and the columns it adds. */
-  claimJoin?: string;
+  /**
+   * Tables the claim reads alongside the row (`, other o`), the join condition
+   * (`AND o.id = t.other_id`) and the columns it adds to each claimed row.
+   */
+  claimFrom?: string;
+  claimWhere?: string;
   claimColumns?: string;
 }
 
@@ -33,6 +37,8 @@ export type Outcome =
   | { id: number; kind: "success"; extra?: Record<string, unknown> }
   | { id: number; kind: "retry"; at: Date; error: string; extra?: Record<string, unknown> }
   | { id: number; kind: "failed"; error: string; extra?: Record<string, unknown> }
+  /** Final without success or failure (the target is gone); needs states.cancelled. */
+  | { id: number; kind: "cancel"; error: string; extra?: Record<string, unknown> }
   /** Give the row back without using an attempt (rate limit, pause), due again at `at`. */
   | { id: number; kind: "defer"; at: Date };
 
@@ -93,8 +99,8 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
       ORDER BY next_attempt_at, id
       LIMIT $3
       FOR UPDATE SKIP LOCKED
-    ) AS due ${spec.claimJoin ?? ""}
-    WHERE t.id = due.id
+    ) AS due ${spec.claimFrom ?? ""}
+    WHERE t.id = due.id ${spec.claimWhere ?? ""}
     RETURNING t.*, ${version} AS claim_version,
       greatest(0, extract(epoch FROM clock_timestamp() - due.due_at))::float8 AS pickup_lag
       ${spec.claimColumns ? `, ${spec.claimColumns}` : ""}`;
@@ -118,6 +124,7 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
       ${state} = CASE
         WHEN v.kind IN ('retry', 'defer') OR ${changed} THEN ${pending}
         WHEN v.kind = 'success' THEN '${spec.states.done}'
+        WHEN v.kind = 'cancel' THEN '${spec.states.cancelled ?? spec.states.failed}'
         ELSE '${spec.states.failed}' END,
       attempts = t.attempts + CASE WHEN v.kind = 'defer' THEN 0 ELSE 1 END,
       next_attempt_at = CASE

@@ -1,0 +1,184 @@
+// The deliveries workload: one claimed delivery → one signed POST → delivered, retried
+// on the schedule, failed when the schedule is exhausted, or cancelled when the
+// endpoint is gone. Concurrency is bounded overall and per endpoint.
+import type { Agent } from "undici";
+import type { Pool } from "../db/pool.js";
+import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+import { statusClass } from "../outbound/http.js";
+import { scheduledDelayMs } from "../reactor/backoff.js";
+import type { LeaseQueue, Outcome } from "../reactor/lease-queue.js";
+import type { Settings } from "../reactor/settings-spec.js";
+import type { Workload } from "../reactor/workload.js";
+import { applyRetention, disableGoneSubscription, RETENTION_BATCH } from "./maintenance.js";
+import { type ClaimedDelivery, DELIVERIES_CHANNEL } from "./queue.js";
+import { deliveryBody, signedHeaders } from "./signing.js";
+import { sendWebhook } from "./webhook-client.js";
+
+/** Retry-After is honoured within this range; outside it is clamped. */
+export const RETRY_AFTER_MIN_MS = 1_000;
+export const RETRY_AFTER_MAX_MS = 60 * 60 * 1000;
+/** A row skipped because its endpoint is at its in-flight cap comes back this soon. */
+const ENDPOINT_BUSY_DEFER_MS = 250;
+/** Retention runs at most this often unless the last run hit a full batch. */
+const RETENTION_EVERY_MS = 10 * 60 * 1000;
+
+export interface DeliveriesOptions {
+  pool: Pool;
+  queue: LeaseQueue<ClaimedDelivery>;
+  settings: Readonly<Settings>;
+  agent: Agent;
+  allowPrivateNetworks: boolean;
+  logger: Logger;
+  metrics: Metrics;
+}
+
+/** One slow endpoint may hold at most a quarter of the slots (at least 2). */
+export function perEndpointCap(concurrency: number): number {
+  return Math.max(2, Math.floor(concurrency / 4));
+}
+
+function clampRetryAfter(ms: number): number {
+  return Math.min(RETRY_AFTER_MAX_MS, Math.max(RETRY_AFTER_MIN_MS, ms));
+}
+
+export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<ClaimedDelivery> {
+  const { settings, metrics } = options;
+  const log = options.logger.child({ workload: "deliveries" });
+  const label = { workload: "deliveries" };
+  const inFlightByEndpoint = new Map<string, number>();
+  let lastRetention = 0;
+
+  function retryOrFail(
+    row: ClaimedDelivery,
+    error: string,
+    status: number | null,
+    retryAfterMs: number | null,
+  ): Outcome {
+    const scheduled = scheduledDelayMs(settings.delivery_retry_schedule_seconds, row.attempts + 1);
+    const extra = { last_status: status };
+    if (scheduled === null) {
+      return {
+        id: row.id,
+        kind: "failed",
+        error: `${error} (gave up after ${row.attempts + 1} attempts)`,
+        extra,
+      };
+    }
+    const delay = retryAfterMs === null ? scheduled : clampRetryAfter(retryAfterMs);
+    return { id: row.id, kind: "retry", at: new Date(Date.now() + delay), error, extra };
+  }
+
+  async function deliver(row: ClaimedDelivery): Promise<Outcome> {
+    if (!row.subscription_enabled) {
+      return {
+        id: row.id,
+        kind: "cancel",
+        error: `cancelled: subscription ${row.subscription_id} is disabled${row.disabled_reason ? ` (${row.disabled_reason})` : ""}`,
+      };
+    }
+    const event = {
+      eventId: row.event_id,
+      eventType: row.event_type,
+      createdAt: row.event_created_at,
+      payload: row.event_payload,
+    };
+    const body = deliveryBody(event);
+    const headers = signedHeaders(event, body, {
+      secret: row.secret,
+      previousSecret: row.previous_secret,
+    });
+    const result = await sendWebhook({
+      url: row.url,
+      body,
+      headers,
+      timeoutMs: settings.delivery_timeout_seconds * 1000,
+      agent: options.agent,
+      allowPrivate: options.allowPrivateNetworks,
+    });
+    metrics.httpResponses.inc({
+      ...label,
+      class: statusClass("status" in result ? result.status : null),
+    });
+    switch (result.kind) {
+      case "delivered":
+        return { id: row.id, kind: "success", extra: { last_status: result.status } };
+      case "gone": {
+        const reason = `endpoint answered 410 Gone at ${new Date().toISOString()}`;
+        const cancelled = await disableGoneSubscription(options.pool, row.subscription_id, reason);
+        log.warn(
+          { subscriptionId: row.subscription_id, cancelled },
+          "subscription disabled: endpoint answered 410 Gone",
+        );
+        return {
+          id: row.id,
+          kind: "cancel",
+          error: `cancelled: ${reason}`,
+          extra: { last_status: 410 },
+        };
+      }
+      case "throttled": {
+        // Backpressure, not failure: hand the row back without using an attempt.
+        metrics.rateLimitPauses.inc(label);
+        const fallback =
+          scheduledDelayMs(settings.delivery_retry_schedule_seconds, Math.max(1, row.attempts)) ??
+          60_000;
+        const delay = clampRetryAfter(result.retryAfterMs ?? fallback);
+        return { id: row.id, kind: "defer", at: new Date(Date.now() + delay) };
+      }
+      case "refused":
+        return { id: row.id, kind: "failed", error: result.error, extra: { last_status: null } };
+      case "failed":
+        return retryOrFail(row, result.error, result.status, result.retryAfterMs);
+    }
+  }
+
+  function endpointOf(url: string): string {
+    try {
+      return new URL(url).origin;
+    } catch {
+      return url;
+    }
+  }
+
+  return {
+    name: "deliveries",
+    channel: DELIVERIES_CHANNEL,
+    queue: options.queue,
+    enabled: () => settings.deliveries_enabled,
+    disabledReason: () =>
+      settings.deliveries_enabled ? null : "reactor.deliveries_enabled is false",
+    unitSize: () => 1,
+    concurrency: () => settings.delivery_concurrency,
+    pausedUntil: () => 0,
+    async process(rows) {
+      const cap = perEndpointCap(settings.delivery_concurrency);
+      return Promise.all(
+        rows.map(async (row): Promise<Outcome> => {
+          const endpoint = endpointOf(row.url);
+          const busy = inFlightByEndpoint.get(endpoint) ?? 0;
+          if (busy >= cap) {
+            return { id: row.id, kind: "defer", at: new Date(Date.now() + ENDPOINT_BUSY_DEFER_MS) };
+          }
+          inFlightByEndpoint.set(endpoint, busy + 1);
+          try {
+            return await deliver(row);
+          } finally {
+            const left = (inFlightByEndpoint.get(endpoint) ?? 1) - 1;
+            if (left <= 0) inFlightByEndpoint.delete(endpoint);
+            else inFlightByEndpoint.set(endpoint, left);
+          }
+        }),
+      );
+    },
+    async maintain() {
+      if (Date.now() - lastRetention < RETENTION_EVERY_MS) return;
+      const removed = await applyRetention(options.pool, settings.retention_days);
+      const full = removed.deliveries === RETENTION_BATCH || removed.events === RETENTION_BATCH;
+      // A full batch means more is waiting: let the next poll continue at once.
+      lastRetention = full ? 0 : Date.now();
+      if (removed.deliveries + removed.events > 0)
+        log.info(removed, "retention removed old deliveries and events");
+    },
+  };
+}
