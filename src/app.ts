@@ -22,6 +22,7 @@ import { USER_AGENT } from "./version.js";
 
 export interface App {
   env: Env;
+  logger: Logger;
   pool: Pool;
   settings: LiveSettings;
   metrics: Metrics;
@@ -101,6 +102,7 @@ export function makeApp(options: AppOptions): App {
   });
   const app: App = {
     env,
+    logger,
     pool,
     settings,
     metrics,

@@ -25,6 +25,7 @@ export function makeDeliveriesQueue(pool: Pool) {
     states: { pending: "pending", done: "delivered", failed: "failed", cancelled: "cancelled" },
     doneAtColumn: "delivered_at",
     extraColumns: [{ name: "last_status", type: "integer" }],
+    excludeColumn: "subscription_id",
     claimFrom: ", outbox_events e, webhook_subscriptions s",
     claimWhere: "AND e.id = t.event_id AND s.id = t.subscription_id",
     claimColumns: `e.event_type, e.payload AS event_payload, e.created_at AS event_created_at,

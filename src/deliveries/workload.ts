@@ -18,7 +18,7 @@ import { sendWebhook } from "./webhook-client.js";
 /** Retry-After is honoured within this range; outside it is clamped. */
 export const RETRY_AFTER_MIN_MS = 1_000;
 export const RETRY_AFTER_MAX_MS = 60 * 60 * 1000;
-/** A row skipped because its endpoint is at its in-flight cap comes back this soon. */
+/** A row claimed past its endpoint's cap (claims race) comes back this soon. */
 const ENDPOINT_BUSY_DEFER_MS = 250;
 /** Retention runs at most this often unless the last run hit a full batch. */
 const RETENTION_EVERY_MS = 10 * 60 * 1000;
@@ -33,9 +33,12 @@ export interface DeliveriesOptions {
   metrics: Metrics;
 }
 
-/** One slow endpoint may hold at most a quarter of the slots (at least 2). */
+/**
+ * In-flight requests one subscription may hold: three quarters of the slots, so a slow
+ * endpoint always leaves at least a quarter (and at least one) for the others.
+ */
 export function perEndpointCap(concurrency: number): number {
-  return Math.max(2, Math.floor(concurrency / 4));
+  return Math.max(1, concurrency - Math.max(1, Math.floor(concurrency / 4)));
 }
 
 function clampRetryAfter(ms: number): number {
@@ -46,7 +49,8 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
   const { settings, metrics } = options;
   const log = options.logger.child({ workload: "deliveries" });
   const label = { workload: "deliveries" };
-  const inFlightByEndpoint = new Map<string, number>();
+  // In-flight requests per subscription; at the cap, its rows are not claimed.
+  const inFlightByEndpoint = new Map<number, number>();
   let lastRetention = 0;
 
   function retryOrFail(
@@ -133,14 +137,6 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
     }
   }
 
-  function endpointOf(url: string): string {
-    try {
-      return new URL(url).origin;
-    } catch {
-      return url;
-    }
-  }
-
   return {
     name: "deliveries",
     channel: DELIVERIES_CHANNEL,
@@ -151,11 +147,15 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
     unitSize: () => 1,
     concurrency: () => settings.delivery_concurrency,
     pausedUntil: () => 0,
+    excludedKeys: () => {
+      const cap = perEndpointCap(settings.delivery_concurrency);
+      return [...inFlightByEndpoint].filter(([, n]) => n >= cap).map(([id]) => id);
+    },
     async process(rows) {
       const cap = perEndpointCap(settings.delivery_concurrency);
       return Promise.all(
         rows.map(async (row): Promise<Outcome> => {
-          const endpoint = endpointOf(row.url);
+          const endpoint = Number(row.subscription_id);
           const busy = inFlightByEndpoint.get(endpoint) ?? 0;
           if (busy >= cap) {
             return { id: row.id, kind: "defer", at: new Date(Date.now() + ENDPOINT_BUSY_DEFER_MS) };

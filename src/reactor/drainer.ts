@@ -166,7 +166,12 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
           continue;
         }
         const want = free * workload.unitSize();
-        const rows = await workload.queue.claim(owner, want, options.leaseSeconds());
+        const rows = await workload.queue.claim(
+          owner,
+          want,
+          options.leaseSeconds(),
+          workload.excludedKeys?.(),
+        );
         errorStreak = 0;
         state.lastError = null;
         if (rows.length > 0) {
@@ -177,10 +182,10 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
           }
         }
         if (rows.length < want && !again) {
-          // The queue looks empty: let in-flight units finish (they may requeue rows),
-          // then make one more pass before going idle.
+          // Nothing more is claimable now: wait for a unit to finish (it may free an
+          // endpoint or requeue a row), then look again; idle once nothing is in flight.
           if (units.size === 0) break;
-          await Promise.all(units);
+          await Promise.race(units);
         }
       }
     } catch (err) {

@@ -30,6 +30,11 @@ export interface QueueTableSpec {
   claimFrom?: string;
   claimWhere?: string;
   claimColumns?: string;
+  /**
+   * A bigint column whose values the caller may exclude from a claim (rows of an
+   * endpoint that is at its in-flight cap), so they are not claimed only to be handed back.
+   */
+  excludeColumn?: string;
 }
 
 /** What a handler decided for one row. */
@@ -63,7 +68,7 @@ export interface QueueStats {
 
 export interface LeaseQueue<Row extends ClaimedRow> {
   spec: QueueTableSpec;
-  claim(owner: string, limit: number, leaseSeconds: number): Promise<Row[]>;
+  claim(owner: string, limit: number, leaseSeconds: number, exclude?: number[]): Promise<Row[]>;
   finalize(owner: string, outcomes: Outcome[]): Promise<number>;
   /** Drops claim-time state for rows whose finalize was abandoned (their lease will expire). */
   forget(ids: number[]): void;
@@ -96,6 +101,7 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
       WHERE ${state} = ${pending}
         AND next_attempt_at <= now()
         AND (locked_until IS NULL OR locked_until < now())
+        ${spec.excludeColumn ? `AND NOT (${q(spec.excludeColumn)} = ANY ($4::bigint[]))` : ""}
       ORDER BY next_attempt_at, id
       LIMIT $3
       FOR UPDATE SKIP LOCKED
@@ -157,8 +163,9 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
 
   return {
     spec,
-    async claim(owner, limit, leaseSeconds) {
-      const { rows } = await pool.query<Row>(claimSql, [owner, leaseSeconds, limit]);
+    async claim(owner, limit, leaseSeconds, exclude = []) {
+      const params = [owner, leaseSeconds, limit, ...(spec.excludeColumn ? [exclude] : [])];
+      const { rows } = await pool.query<Row>(claimSql, params);
       for (const row of rows) {
         // bigint arrives as a string; ids stay far below 2^53.
         row.id = Number(row.id);

@@ -64,6 +64,7 @@ export function makeReactor(options: ReactorOptions): Reactor {
       drainer: drainers.get(workload.name) as Drainer,
     })),
     intervalSeconds: () => settings.current.poll_interval_seconds,
+    settings,
     logger,
     metrics,
   });

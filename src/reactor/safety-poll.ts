@@ -1,11 +1,13 @@
-// The slow safety net (DESIGN.md §2): every poll_interval_seconds, one query asks every
-// workload table what is due. Due work is woken; future work arms the drainers' timers.
-// At idle this is the only query the reactor makes, besides the listener's channel check.
+// The slow safety net (DESIGN.md §2): every poll_interval_seconds, ONE query asks every
+// workload table what is due and re-reads the settings (a config notification may have
+// been lost). Due work is woken; future work arms the drainers' timers. At idle this is
+// the only query the reactor makes, besides the listener's channel check.
 import type { Pool } from "../db/pool.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import type { Drainer } from "./drainer.js";
 import { type QueueStats, toStats } from "./lease-queue.js";
+import { type LiveSettings, SETTINGS_ROWS_SQL, type SettingRow } from "./settings.js";
 import type { Workload } from "./workload.js";
 
 export interface SafetyPoll {
@@ -22,15 +24,19 @@ export function makeSafetyPoll(options: {
   pool: Pool;
   workloads: ReadonlyArray<{ workload: Workload; drainer: Drainer }>;
   intervalSeconds: () => number;
+  settings: LiveSettings;
   logger: Logger;
   metrics: Metrics;
   onStats?: (name: string, stats: QueueStats) => void;
 }): SafetyPoll {
   const { pool, workloads, metrics } = options;
   const log = options.logger.child({ component: "safety-poll" });
-  const sql = workloads
+  const statsSql = workloads
     .map(({ workload }) => workload.queue.statsSql(workload.name))
     .join("\nUNION ALL\n");
+  const sql = `SELECT
+    (SELECT coalesce(json_agg(s), '[]') FROM (${statsSql}) s) AS stats,
+    (SELECT coalesce(json_agg(c), '[]') FROM (${SETTINGS_ROWS_SQL}) c) AS config`;
   let timer: NodeJS.Timeout | null = null;
   let stopped = true;
   let last: Date | null = null;
@@ -39,8 +45,13 @@ export function makeSafetyPoll(options: {
   async function pollNow() {
     metrics.safetyPolls.inc();
     last = new Date();
-    const { rows } = await pool.query(sql);
-    for (const row of rows) {
+    const { rows } = await pool.query<{ stats: Record<string, unknown>[]; config: SettingRow[] }>(
+      sql,
+    );
+    const result = rows[0];
+    if (!result) return;
+    options.settings.apply(result.config);
+    for (const row of result.stats) {
       const entry = workloads.find((w) => w.workload.name === row.workload);
       if (!entry) continue;
       const stats = toStats(row);

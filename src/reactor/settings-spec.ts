@@ -90,7 +90,8 @@ export function parseSetting<K extends SettingName>(name: K, text: string | null
   const kind: Kind = spec.kind;
   const fail = (): never => {
     throw new SettingValueError(
-      `reactor.${name} must be ${describeExpected(kind)}, got ${text === null ? "NULL" : `'${text}'`}`,
+      // Quoted like SQL's quote_literal, so the reactor and the trigger say the same thing.
+      `reactor.${name} must be ${describeExpected(kind)}, got ${text === null ? "NULL" : `'${text.replace(/'/g, "''")}'`}`,
     );
   };
   if (text === null) return fail();

@@ -4,6 +4,7 @@
 import type { Pool } from "../db/pool.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
+import { sleep } from "./backoff.js";
 import {
   defaultSettings,
   formatSetting,
@@ -13,7 +14,8 @@ import {
   type Settings,
 } from "./settings-spec.js";
 
-export const SETTINGS_CATEGORY = "reactor";
+/** Reloads in a burst of config notifications are at least this far apart. */
+const MIN_RELOAD_GAP_MS = 20;
 
 export interface SettingChange {
   name: SettingName;
@@ -21,11 +23,22 @@ export interface SettingChange {
   to: unknown;
 }
 
+/** The rows the settings are made of; the safety poll selects them in its own query. */
+export const SETTINGS_ROWS_SQL = `SELECT parameter_name, value FROM configuration_params
+  WHERE category = 'reactor' AND sku IS NULL`;
+
+export interface SettingRow {
+  parameter_name: string;
+  value: string | null;
+}
+
 export interface LiveSettings {
   /** The settings in force. Read it at the point of use so changes apply at once. */
   readonly current: Readonly<Settings>;
   /** Re-reads the table; concurrent calls coalesce into at most one more read. */
   reload(): Promise<SettingChange[]>;
+  /** Applies rows read elsewhere (the safety poll's combined query). */
+  apply(rows: SettingRow[]): SettingChange[];
   onChange(listener: (changes: SettingChange[]) => void): void;
   lastReloadAt(): Date | null;
 }
@@ -35,28 +48,36 @@ export function makeLiveSettings(pool: Pool, logger: Logger, metrics: Metrics): 
   const current = defaultSettings();
   // The last good value per key, so a bad write keeps it rather than falling to the default.
   const lastGood = new Map<SettingName, unknown>();
+  // Bad values already reported, so each is logged and counted once, not on every poll.
+  const rejected = new Map<string, string | null>();
   const listeners: Array<(changes: SettingChange[]) => void> = [];
+  let lastReadStart = 0;
+
+  function reject(row: SettingRow, message: string) {
+    if (rejected.has(row.parameter_name) && rejected.get(row.parameter_name) === row.value) return;
+    rejected.set(row.parameter_name, row.value);
+    metrics.configRejected.inc();
+    log.error({ key: row.parameter_name }, message);
+  }
   let running: Promise<SettingChange[]> | null = null;
   let rerun = false;
   let lastReloadAt: Date | null = null;
 
   async function readOnce(): Promise<SettingChange[]> {
-    const { rows } = await pool.query<{ parameter_name: string; value: string | null }>(
-      `SELECT parameter_name, value FROM configuration_params
-       WHERE category = $1 AND sku IS NULL`,
-      [SETTINGS_CATEGORY],
-    );
+    const { rows } = await pool.query<SettingRow>(SETTINGS_ROWS_SQL);
+    return apply(rows);
+  }
+
+  function apply(rows: SettingRow[]): SettingChange[] {
     metrics.configReloads.inc();
     lastReloadAt = new Date();
     const next = defaultSettings() as Record<SettingName, unknown>;
     const seen = new Set<SettingName>();
+    const seenRaw = new Set<string>();
     for (const row of rows) {
+      seenRaw.add(row.parameter_name);
       if (!isSettingName(row.parameter_name)) {
-        metrics.configRejected.inc();
-        log.error(
-          { key: row.parameter_name },
-          `unknown setting reactor.${row.parameter_name} ignored`,
-        );
+        reject(row, `unknown setting reactor.${row.parameter_name} ignored`);
         continue;
       }
       const name = row.parameter_name;
@@ -64,14 +85,15 @@ export function makeLiveSettings(pool: Pool, logger: Logger, metrics: Metrics): 
       try {
         next[name] = parseSetting(name, row.value);
         lastGood.set(name, next[name]);
+        rejected.delete(name);
       } catch (err) {
-        metrics.configRejected.inc();
         const keep = lastGood.get(name) ?? next[name];
         next[name] = keep;
-        log.error({ key: name }, `${(err as Error).message}; keeping ${formatSetting(keep)}`);
+        reject(row, `${(err as Error).message}; keeping ${formatSetting(keep)}`);
       }
     }
     for (const name of lastGood.keys()) if (!seen.has(name)) lastGood.delete(name);
+    for (const name of rejected.keys()) if (!seenRaw.has(name)) rejected.delete(name);
     const changes: SettingChange[] = [];
     const mutable = current as Record<SettingName, unknown>;
     for (const name of Object.keys(next) as SettingName[]) {
@@ -100,6 +122,11 @@ export function makeLiveSettings(pool: Pool, logger: Logger, metrics: Metrics): 
       try {
         do {
           rerun = false;
+          // The first change of a burst is read at once; the rest collapse into at most
+          // one read per MIN_RELOAD_GAP_MS.
+          const wait = lastReadStart + MIN_RELOAD_GAP_MS - Date.now();
+          if (wait > 0) await sleep(wait);
+          lastReadStart = Date.now();
           all.push(...(await readOnce()));
         } while (rerun);
       } finally {
@@ -113,6 +140,7 @@ export function makeLiveSettings(pool: Pool, logger: Logger, metrics: Metrics): 
   return {
     current,
     reload,
+    apply,
     onChange: (l) => void listeners.push(l),
     lastReloadAt: () => lastReloadAt,
   };

@@ -18,6 +18,8 @@ export interface Workload<Row extends ClaimedRow = ClaimedRow> {
   unitSize(): number;
   /** process() calls in flight at once. */
   concurrency(): number;
+  /** Keys (the queue's excludeColumn) not to claim right now: endpoints at their cap. */
+  excludedKeys?(): number[];
   /** Epoch ms before which nothing should be claimed (a target's rate limit), or 0. */
   pausedUntil(): number;
   /**
