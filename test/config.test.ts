@@ -101,7 +101,7 @@ describe("live configuration", () => {
         what: "settings",
       });
       const { buildStatus } = await import("../src/http/status.js");
-      expect(buildStatus(app).settings).toEqual(expected);
+      expect((await buildStatus(app)).settings).toEqual(expected);
       expect(app.reactor.workloads.every((w) => !w.enabled())).toBe(true);
       expect(app.reactor.workloads.find((w) => w.name === "uploads")?.unitSize()).toBe(25);
       expect(app.reactor.workloads.find((w) => w.name === "deliveries")?.concurrency()).toBe(8);

@@ -106,6 +106,8 @@ export const webhookSubscriptions = pgTable(
     url: text("url").notNull(),
     secret: text("secret").notNull(),
     previousSecret: text("previous_secret"),
+    /** After this, previous_secret no longer signs (end of the rotation grace period). */
+    previousSecretExpiresAt: tz("previous_secret_expires_at"),
     eventTypes: text("event_types").array().notNull().default(sql`'{}'::text[]`),
     enabled: boolean("enabled").notNull().default(true),
     disabledReason: text("disabled_reason"),

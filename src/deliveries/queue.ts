@@ -29,6 +29,8 @@ export function makeDeliveriesQueue(pool: Pool) {
     claimFrom: ", outbox_events e, webhook_subscriptions s",
     claimWhere: "AND e.id = t.event_id AND s.id = t.subscription_id",
     claimColumns: `e.event_type, e.payload AS event_payload, e.created_at AS event_created_at,
-      s.url, s.secret, s.previous_secret, s.enabled AS subscription_enabled, s.disabled_reason`,
+      s.url, s.secret, s.enabled AS subscription_enabled, s.disabled_reason,
+      CASE WHEN s.previous_secret_expires_at IS NULL OR s.previous_secret_expires_at > now()
+        THEN s.previous_secret END AS previous_secret`,
   });
 }

@@ -5,7 +5,26 @@ import type { App } from "../app.js";
 import { redactUrl } from "../logger.js";
 import { VERSION } from "../version.js";
 
-export function buildStatus(app: App) {
+/** Rows per state of each work table; one query, only when someone asks for /status. */
+async function countsByState(app: App): Promise<Record<string, Record<string, number>>> {
+  const { rows } = await app.pool.query<{ workload: string; state: string; n: number }>(
+    `SELECT 'uploads' AS workload, upload_state AS state, count(*)::int AS n FROM orders_inbox GROUP BY 2
+     UNION ALL
+     SELECT 'deliveries', state, count(*)::int FROM webhook_deliveries GROUP BY 2`,
+  );
+  const out: Record<string, Record<string, number>> = {};
+  for (const r of rows) (out[r.workload] ??= {})[r.state] = r.n;
+  return out;
+}
+
+export async function buildStatus(app: App) {
+  let counts: Record<string, Record<string, number>> | null = null;
+  let countsError: string | null = null;
+  try {
+    counts = await countsByState(app);
+  } catch (err) {
+    countsError = `database unreachable: ${(err as Error).message}`;
+  }
   const ls = app.reactor.listener().state();
   const workloads: Record<string, unknown> = {};
   for (const workload of app.reactor.workloads) {
@@ -16,7 +35,12 @@ export function buildStatus(app: App) {
       backlog: d?.lastStats?.backlog ?? null,
       oldestPendingAgeSeconds: d?.lastStats?.oldestDueAgeSeconds ?? null,
       nextDueAt: d?.lastStats?.nextDueAt ?? null,
+      pendingDue: d?.lastStats ? d.lastStats.backlog : null,
+      failed: counts?.[workload.name]?.failed ?? (counts ? 0 : null),
+      countsByState: counts?.[workload.name] ?? null,
       inFlight: d?.inFlightRows ?? 0,
+      lastNotificationAt: d?.lastNotifyAt ?? null,
+      lastPollAt: app.reactor.poll.lastPollAt(),
       draining: d?.running ?? false,
       lastWakeAt: d?.lastWakeAt ?? null,
       lastWakeReason: d?.lastWakeReason ?? null,
@@ -42,6 +66,7 @@ export function buildStatus(app: App) {
     },
     listener: { ...ls },
     lastPollAt: app.reactor.poll.lastPollAt(),
+    countsError,
     workloads,
   };
 }

@@ -32,6 +32,8 @@ export interface DrainerState {
   inFlightRows: number;
   lastWakeAt: Date | null;
   lastWakeReason: WakeReason | null;
+  /** When a NOTIFY last woke this workload. */
+  lastNotifyAt: Date | null;
   lastStats: QueueStats | null;
   lastError: string | null;
 }
@@ -61,6 +63,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   const state: Omit<DrainerState, "running" | "inFlightRows"> = {
     lastWakeAt: null,
     lastWakeReason: null,
+    lastNotifyAt: null,
     lastStats: null,
     lastError: null,
   };
@@ -70,6 +73,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     metrics.wakeups.inc({ ...label, reason });
     state.lastWakeAt = new Date();
     state.lastWakeReason = reason;
+    if (reason === "notify") state.lastNotifyAt = state.lastWakeAt;
     if (loop) {
       again = true;
       return;

@@ -10,6 +10,8 @@ export interface StartOptions {
   env?: Record<string, string>;
   listenerCheckIntervalMs?: number;
   onDrainerEvent?: (event: DrainerEvent) => void;
+  /** Collects every log line (JSON text) the reactor writes, at debug level. */
+  logLines?: string[];
 }
 
 export async function startReactor(options: StartOptions): Promise<App> {
@@ -25,7 +27,9 @@ export async function startReactor(options: StartOptions): Promise<App> {
   const app = makeApp({
     env,
     databaseUrl: options.databaseUrl,
-    logger: makeLogger(process.env.TEST_LOG_LEVEL ?? "silent"),
+    logger: options.logLines
+      ? makeLogger("debug", { write: (line: string) => void options.logLines?.push(line) })
+      : makeLogger(process.env.TEST_LOG_LEVEL ?? "silent"),
     defaultMetrics: false,
     listenerCheckIntervalMs: options.listenerCheckIntervalMs,
     onDrainerEvent: options.onDrainerEvent,

@@ -1,0 +1,105 @@
+// Operator actions on terminal failures, for any lease-queue table: list failed rows
+// (keyset-paginated, filterable) and put them back to pending. The table's UPDATE
+// trigger then notifies, so reactors pick the rows up at once.
+import type { Pool } from "../db/pool.js";
+import type { QueueTableSpec } from "./lease-queue.js";
+
+export interface FailedFilter {
+  /** Only these ids. */
+  ids?: number[];
+  /** last_error contains this text (case-insensitive). */
+  errorContains?: string;
+  /** Rows created at or after / before these times. */
+  createdAfter?: string;
+  createdBefore?: string;
+  /** Extra equality filters on columns the caller allows (subscription_id, event type…). */
+  equals?: Record<string, string | number>;
+}
+
+export interface FailedRows {
+  list(
+    filter: FailedFilter,
+    page: { limit: number; afterId?: number },
+  ): Promise<{ items: Record<string, unknown>[]; nextAfterId: number | null }>;
+  /** Retries one row; 'not_found' or 'not_failed' say why nothing happened. */
+  retryOne(id: number): Promise<"retried" | "not_found" | "not_failed">;
+  /** Retries every failed row matching the filter, at most `limit`; returns how many. */
+  retryMatching(filter: FailedFilter, limit: number): Promise<number>;
+}
+
+const q = (ident: string) => `"${ident.replace(/"/g, '""')}"`;
+
+export function makeFailedRows(
+  pool: Pool,
+  spec: QueueTableSpec,
+  options: { columns: string; allowedEquals: Record<string, string> },
+): FailedRows {
+  const t = q(spec.table);
+  const state = q(spec.stateColumn);
+  const failed = `'${spec.states.failed}'`;
+  const pending = `'${spec.states.pending}'`;
+
+  /** Builds `AND …` conditions with numbered parameters starting after `offset`. */
+  function where(filter: FailedFilter, params: unknown[]): string {
+    const parts: string[] = [];
+    const add = (sqlText: string, value: unknown) => {
+      params.push(value);
+      parts.push(sqlText.replace("?", `$${params.length}`));
+    };
+    if (filter.ids?.length) add("t.id = ANY (?::bigint[])", filter.ids);
+    if (filter.errorContains)
+      add("t.last_error ILIKE '%' || ? || '%'", filter.errorContains.replace(/[\\%_]/g, "\\$&"));
+    if (filter.createdAfter) add("t.created_at >= ?::timestamptz", filter.createdAfter);
+    if (filter.createdBefore) add("t.created_at < ?::timestamptz", filter.createdBefore);
+    for (const [key, value] of Object.entries(filter.equals ?? {})) {
+      const expr = options.allowedEquals[key];
+      if (!expr) throw new Error(`unknown filter ${key}`);
+      add(`${expr} = ?`, value);
+    }
+    return parts.map((p) => ` AND ${p}`).join("");
+  }
+
+  const retrySet = `${state} = ${pending}, attempts = 0, next_attempt_at = now(), locked_by = NULL, locked_until = NULL`;
+
+  return {
+    async list(filter, page) {
+      const params: unknown[] = [];
+      const cond = where(filter, params);
+      params.push(page.afterId ?? 0, page.limit + 1);
+      const { rows } = await pool.query(
+        `SELECT ${options.columns} FROM ${t} t ${spec.claimFrom ?? ""}
+         WHERE t.${state} = ${failed} ${spec.claimWhere ?? ""} ${cond}
+           AND t.id > $${params.length - 1}
+         ORDER BY t.id LIMIT $${params.length}`,
+        params,
+      );
+      const items = rows.slice(0, page.limit).map((r) => ({ ...r, id: Number(r.id) }));
+      const last = items.at(-1);
+      return { items, nextAfterId: rows.length > page.limit && last ? Number(last.id) : null };
+    },
+    async retryOne(id) {
+      const res = await pool.query(
+        `WITH target AS (SELECT id, ${state} AS state FROM ${t} WHERE id = $1),
+         updated AS (UPDATE ${t} SET ${retrySet} WHERE id = $1 AND ${state} = ${failed} RETURNING id)
+         SELECT (SELECT state FROM target) AS state, (SELECT count(*) FROM updated)::int AS n`,
+        [id],
+      );
+      const row = res.rows[0];
+      if (!row?.state) return "not_found";
+      return row.n > 0 ? "retried" : "not_failed";
+    },
+    async retryMatching(filter, limit) {
+      const params: unknown[] = [];
+      const cond = where(filter, params);
+      params.push(limit);
+      const res = await pool.query(
+        `UPDATE ${t} SET ${retrySet} WHERE id IN (
+           SELECT t.id FROM ${t} t ${spec.claimFrom ?? ""}
+           WHERE t.${state} = ${failed} ${spec.claimWhere ?? ""} ${cond}
+           ORDER BY t.id LIMIT $${params.length})`,
+        params,
+      );
+      return res.rowCount ?? 0;
+    },
+  };
+}
