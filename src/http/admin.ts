@@ -1,7 +1,7 @@
 // The admin API (registered only when ADMIN_TOKEN is set): failed rows of each workload
 // with retries, and webhook subscriptions. Every body, query and param is validated by
 // a JSON schema, so a bad request is a 400 that names the field.
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyReply } from "fastify";
 import type { App } from "../app.js";
 import { makeDeliveriesQueue } from "../deliveries/queue.js";
 import { checkUrlIsPublic, PrivateAddressError } from "../deliveries/ssrf.js";
@@ -53,6 +53,10 @@ const retryBody = (extra: Record<string, unknown>) =>
   }) as const;
 
 type Query = Record<string, string | number | boolean | undefined>;
+
+function notFound(reply: FastifyReply, message: string) {
+  return reply.code(404).send({ statusCode: 404, error: "Not Found", message });
+}
 
 function toFilter(q: Query, equals: string[]): FailedFilter {
   const filter: FailedFilter = {
@@ -129,12 +133,7 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
         admin.post(`/${name}/:id/retry`, { schema: { params: idParams } }, async (req, reply) => {
           const { id } = req.params as { id: number };
           const result = await w.rows.retryOne(id);
-          if (result === "not_found")
-            return reply.code(404).send({
-              statusCode: 404,
-              error: "Not Found",
-              message: `no ${name} row with id ${id}`,
-            });
+          if (result === "not_found") return notFound(reply, `no ${name} row with id ${id}`);
           if (result === "not_failed") {
             return reply.code(409).send({
               statusCode: 409,
@@ -239,12 +238,7 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
       admin.get("/subscriptions/:id", { schema: { params: idParams } }, async (req, reply) => {
         const { id } = req.params as { id: number };
         const sub = await subs.get(id);
-        return (
-          sub ??
-          reply
-            .code(404)
-            .send({ statusCode: 404, error: "Not Found", message: `no subscription with id ${id}` })
-        );
+        return sub ?? notFound(reply, `no subscription with id ${id}`);
       });
       admin.patch(
         "/subscriptions/:id",
@@ -270,24 +264,12 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
                 .send({ statusCode: 400, error: "Bad Request", message: `body/url ${refused}` });
           }
           const sub = await subs.update(id, body);
-          return (
-            sub ??
-            reply.code(404).send({
-              statusCode: 404,
-              error: "Not Found",
-              message: `no subscription with id ${id}`,
-            })
-          );
+          return sub ?? notFound(reply, `no subscription with id ${id}`);
         },
       );
       admin.delete("/subscriptions/:id", { schema: { params: idParams } }, async (req, reply) => {
         const { id } = req.params as { id: number };
-        if (!(await subs.remove(id)))
-          return reply.code(404).send({
-            statusCode: 404,
-            error: "Not Found",
-            message: `no subscription with id ${id}`,
-          });
+        if (!(await subs.remove(id))) return notFound(reply, `no subscription with id ${id}`);
         return reply.code(204).send();
       });
       admin.post(
@@ -306,14 +288,7 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
           const { id } = req.params as { id: number };
           const body = (req.body ?? {}) as { grace_hours?: number };
           const sub = await subs.rotate(id, body.grace_hours);
-          return (
-            sub ??
-            reply.code(404).send({
-              statusCode: 404,
-              error: "Not Found",
-              message: `no subscription with id ${id}`,
-            })
-          );
+          return sub ?? notFound(reply, `no subscription with id ${id}`);
         },
       );
     },
