@@ -9,10 +9,10 @@ import pg from "pg";
 import type { App } from "../src/app.js";
 import { startEmbeddedPostgres } from "../src/db/embedded.js";
 import { migrate } from "../src/db/migrate.js";
+import { startFakeShipStation } from "../src/demo/fake-shipstation.js";
+import { newSecret, startReceiver } from "../src/demo/receiver.js";
 import { validPayload } from "../test/helpers/db.js";
-import { startFakeShipStation } from "../test/helpers/fake-shipstation.js";
 import { startReactor } from "../test/helpers/reactor.js";
-import { newSecret, startReceiver } from "../test/helpers/receiver.js";
 
 const SAMPLES = Number(process.env.BENCH_SAMPLES ?? 1000);
 const DRAIN_ORDERS = Number(process.env.BENCH_DRAIN_ORDERS ?? 10_000);

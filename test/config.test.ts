@@ -2,6 +2,7 @@ import { readFile } from "node:fs/promises";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
+import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import {
   defaultSettings,
   formatSetting,
@@ -16,7 +17,6 @@ import {
   type TestDatabase,
   waitFor,
 } from "./helpers/db.js";
-import { type FakeShipStation, startFakeShipStation } from "./helpers/fake-shipstation.js";
 import { startReactor } from "./helpers/reactor.js";
 
 /** A valid value different from each key's default. */

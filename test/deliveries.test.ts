@@ -4,9 +4,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
 import { applyRetention } from "../src/deliveries/maintenance.js";
 import { makeDeliveriesQueue } from "../src/deliveries/queue.js";
+import { newSecret, type Receiver, startReceiver } from "../src/demo/receiver.js";
 import { createTestDatabase, setSetting, type TestDatabase, waitFor } from "./helpers/db.js";
 import { startReactor } from "./helpers/reactor.js";
-import { newSecret, type Receiver, startReceiver } from "./helpers/receiver.js";
 
 async function subscribe(
   pool: pg.Pool,

@@ -8,6 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
 import { startEmbeddedPostgres } from "../src/db/embedded.js";
 import { migrate } from "../src/db/migrate.js";
+import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
+import { newSecret, type Receiver, startReceiver } from "../src/demo/receiver.js";
 import { startStatusServer } from "../src/http/server.js";
 import {
   createTestDatabase,
@@ -17,9 +19,7 @@ import {
   validPayload,
   waitFor,
 } from "./helpers/db.js";
-import { type FakeShipStation, startFakeShipStation } from "./helpers/fake-shipstation.js";
 import { startReactor } from "./helpers/reactor.js";
-import { newSecret, type Receiver, startReceiver } from "./helpers/receiver.js";
 
 const run = promisify(execFile);
 const ADMIN_TOKEN = "test-admin-token-0123456789";

@@ -1,5 +1,6 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import {
   createTestDatabase,
   setSetting,
@@ -7,7 +8,6 @@ import {
   validPayload,
   waitFor,
 } from "./helpers/db.js";
-import { type FakeShipStation, startFakeShipStation } from "./helpers/fake-shipstation.js";
 import { spawnEntry } from "./helpers/process.js";
 
 describe("the process", () => {

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
+import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { makeOrdersQueue } from "../src/uploads/queue.js";
 import {
   createTestDatabase,
@@ -9,7 +10,6 @@ import {
   validPayload,
   waitFor,
 } from "./helpers/db.js";
-import { type FakeShipStation, startFakeShipStation } from "./helpers/fake-shipstation.js";
 import { startReactor } from "./helpers/reactor.js";
 
 describe("resilience of the core reactor", () => {

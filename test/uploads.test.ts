@@ -1,5 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
+import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import {
   createTestDatabase,
   insertOrders,
@@ -8,7 +9,6 @@ import {
   validPayload,
   waitFor,
 } from "./helpers/db.js";
-import { type FakeShipStation, startFakeShipStation } from "./helpers/fake-shipstation.js";
 import { startReactor } from "./helpers/reactor.js";
 
 describe("uploads: orders_inbox → ShipStation", () => {

@@ -87,6 +87,29 @@ async function importWithoutSignalHooks() {
   return mod.default;
 }
 
+/**
+ * The URL of an embedded server another process of ours already runs from `dir`
+ * (npm start, while the CLI or migrate is used), or null when none answers.
+ */
+export async function findRunningEmbedded(dir: string, database: string): Promise<string | null> {
+  const port = Number((await readFile(path.join(dir, "port"), "utf8").catch(() => "")).trim());
+  const running = await stat(path.join(dir, "data", "postmaster.pid")).then(
+    () => true,
+    () => false,
+  );
+  if (!running || !Number.isInteger(port) || port <= 0) return null;
+  const url = `postgres://${USER}:${PASSWORD}@127.0.0.1:${port}/${encodeURIComponent(database)}`;
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2_000 });
+  try {
+    await client.connect();
+    await client.end();
+    return url;
+  } catch {
+    await client.end().catch(() => undefined);
+    return null;
+  }
+}
+
 export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<EmbeddedPostgres> {
   const EmbeddedPostgresClass = await importWithoutSignalHooks();
   const dir = path.resolve(options.dir);

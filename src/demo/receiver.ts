@@ -1,5 +1,5 @@
-// A webhook receiver: a real HTTP server on 127.0.0.1 that records each request's raw
-// body and headers, and answers from a script (status, headers, delay, or a cut socket).
+// A webhook receiver for tests, the demo and the compose demo profile: a real HTTP server
+// that records each request (raw body, headers) and answers from a script.
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { createServer, type IncomingHttpHeaders } from "node:http";
@@ -33,7 +33,9 @@ export interface Receiver {
   close(): Promise<void>;
 }
 
-export async function startReceiver(): Promise<Receiver> {
+export async function startReceiver(
+  options: { host?: string; port?: number } = {},
+): Promise<Receiver> {
   const r: Omit<Receiver, "url" | "port" | "close"> = {
     requests: [],
     script: [],
@@ -66,7 +68,7 @@ export async function startReceiver(): Promise<Receiver> {
     res.writeHead(status, reply.headers);
     res.end(reply.body ?? "");
   });
-  server.listen(0, "127.0.0.1");
+  server.listen(options.port ?? 0, options.host ?? "127.0.0.1");
   await once(server, "listening");
   const { port } = server.address() as AddressInfo;
   return Object.assign(r, {

@@ -1,5 +1,5 @@
-// A real HTTP server on 127.0.0.1 that speaks enough of ShipStation's createorders to
-// test against: it records every call and answers from a script, or with success.
+// A fake ShipStation for tests, the demo and the compose demo profile: a real HTTP
+// server that speaks enough of createorders, records every call and answers from a script.
 import { once } from "node:events";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -34,7 +34,9 @@ export interface FakeShipStation {
   close(): Promise<void>;
 }
 
-export async function startFakeShipStation(): Promise<FakeShipStation> {
+export async function startFakeShipStation(
+  options: { host?: string; port?: number } = {},
+): Promise<FakeShipStation> {
   let nextOrderId = 1000;
   const fake: Omit<FakeShipStation, "url" | "close"> = {
     calls: [],
@@ -82,7 +84,7 @@ export async function startFakeShipStation(): Promise<FakeShipStation> {
     res.end(JSON.stringify(scripted.body ?? { Message: `scripted ${status}` }));
   });
   server.keepAliveTimeout = 60_000;
-  server.listen(0, "127.0.0.1");
+  server.listen(options.port ?? 0, options.host ?? "127.0.0.1");
   await once(server, "listening");
   const { port } = server.address() as AddressInfo;
   return Object.assign(fake, {
