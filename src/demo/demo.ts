@@ -14,6 +14,7 @@ import { startStatusServer } from "../http/server.js";
 import { makeLogger } from "../logger.js";
 import { startFakeShipStation } from "./fake-shipstation.js";
 import { newSecret, startReceiver } from "./receiver.js";
+import { sampleOrderPayload } from "./sample-order.js";
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
 
@@ -33,18 +34,7 @@ async function until(
 
 const ms = (x: number) => `${x.toFixed(1)} ms`;
 
-const ORDER = {
-  orderDate: "2026-11-23T10:00:00Z",
-  billTo: { name: "Ada Lovelace" },
-  shipTo: {
-    name: "Ada Lovelace",
-    street1: "12 St James's Square",
-    city: "London",
-    postalCode: "SW1Y 4JH",
-    country: "GB",
-  },
-  items: [{ sku: "BOOK-1", name: "Notes", quantity: 1, unitPrice: 12.5 }],
-};
+const ORDER = sampleOrderPayload();
 
 async function main() {
   const t0 = performance.now();

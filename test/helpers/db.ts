@@ -3,6 +3,7 @@
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { inject } from "vitest";
+import { sampleOrderPayload } from "../../src/demo/sample-order.js";
 
 export interface TestDatabase {
   url: string;
@@ -94,22 +95,8 @@ export async function insertOrders(
   return rows.map((r) => Number(r.id));
 }
 
-export function validPayload(overrides: Record<string, unknown> = {}) {
-  return {
-    orderDate: "2026-11-20T10:00:00Z",
-    billTo: { name: "Ada Lovelace" },
-    shipTo: {
-      name: "Ada Lovelace",
-      street1: "12 St James's Square",
-      city: "London",
-      postalCode: "SW1Y 4JH",
-      country: "GB",
-    },
-    items: [{ sku: "BOOK-1", name: "Notes", quantity: 1, unitPrice: 12.5 }],
-    amountPaid: 12.5,
-    ...overrides,
-  };
-}
+/** A valid order payload; see src/demo/sample-order.ts. */
+export const validPayload = sampleOrderPayload;
 
 export async function setSetting(pool: pg.Pool, name: string, value: string) {
   await pool.query(
