@@ -27,9 +27,14 @@ END
 $$;
 
 DROP TRIGGER IF EXISTS reactor_orders_before_update ON orders_inbox;
+-- The WHEN clause keeps claims and finalizes (which change only work columns) from
+-- running the function at all.
 CREATE TRIGGER reactor_orders_before_update
   BEFORE UPDATE ON orders_inbox
-  FOR EACH ROW EXECUTE FUNCTION reactor_orders_before_update();
+  FOR EACH ROW
+  WHEN ((NEW.status, NEW.payload, NEW.order_number, NEW.order_key)
+        IS DISTINCT FROM (OLD.status, OLD.payload, OLD.order_number, OLD.order_key))
+  EXECUTE FUNCTION reactor_orders_before_update();
 
 -- INSERT: notify once per statement if any inserted row is pending.
 CREATE OR REPLACE FUNCTION reactor_orders_notify_insert() RETURNS trigger
@@ -48,10 +53,25 @@ CREATE TRIGGER reactor_orders_notify_insert
   REFERENCING NEW TABLE AS new_rows
   FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_insert();
 
--- UPDATE: notify when rows became claimable now (see 005_common.sql).
-DROP FUNCTION IF EXISTS reactor_orders_notify_update() CASCADE;
+-- UPDATE: notify once per statement when rows became claimable now (re-queued,
+-- manually retried, or released by a stopping reactor). The reactor's own claims and
+-- scheduled retries do not qualify, so its work never wakes itself in a loop.
+CREATE OR REPLACE FUNCTION reactor_orders_notify_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (
+    SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
+    WHERE n.upload_state = 'pending' AND n.locked_by IS NULL AND n.next_attempt_at <= now()
+      AND (o.upload_state <> 'pending' OR o.locked_by IS NOT NULL)
+  ) THEN
+    PERFORM pg_notify('reactor_orders', '{"v":1,"table":"orders_inbox","op":"UPDATE"}');
+  END IF;
+  RETURN NULL;
+END
+$$;
+
 DROP TRIGGER IF EXISTS reactor_orders_notify_update ON orders_inbox;
 CREATE TRIGGER reactor_orders_notify_update
   AFTER UPDATE ON orders_inbox
   REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-  FOR EACH STATEMENT EXECUTE FUNCTION reactor_notify_became_due('reactor_orders', 'upload_state', 'pending');
+  FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_update();

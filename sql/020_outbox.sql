@@ -38,12 +38,27 @@ CREATE TRIGGER reactor_outbox_fan_out
   REFERENCING NEW TABLE AS new_rows
   FOR EACH STATEMENT EXECUTE FUNCTION reactor_outbox_fan_out();
 
--- Manual retries (failed → pending) and released leases wake the reactors at once.
+-- Manual retries (failed → pending) and released leases wake the reactors at once; the
+-- reactor's own claims and scheduled retries do not.
+CREATE OR REPLACE FUNCTION reactor_deliveries_notify_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (
+    SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
+    WHERE n.state = 'pending' AND n.locked_by IS NULL AND n.next_attempt_at <= now()
+      AND (o.state <> 'pending' OR o.locked_by IS NOT NULL)
+  ) THEN
+    PERFORM pg_notify('reactor_deliveries', '{"v":1,"table":"webhook_deliveries","op":"UPDATE"}');
+  END IF;
+  RETURN NULL;
+END
+$$;
+
 DROP TRIGGER IF EXISTS reactor_deliveries_notify_update ON webhook_deliveries;
 CREATE TRIGGER reactor_deliveries_notify_update
   AFTER UPDATE ON webhook_deliveries
   REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-  FOR EACH STATEMENT EXECUTE FUNCTION reactor_notify_became_due('reactor_deliveries', 'state', 'pending');
+  FOR EACH STATEMENT EXECUTE FUNCTION reactor_deliveries_notify_update();
 
 -- Subscriptions keep updated_at honest for the admin API.
 CREATE OR REPLACE FUNCTION reactor_touch_updated_at() RETURNS trigger

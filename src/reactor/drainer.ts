@@ -10,6 +10,8 @@ import type { WakeReason, Workload } from "./workload.js";
 
 /** Never arm a timer further out than this; the safety poll covers longer waits. */
 const MAX_TIMER_MS = 60 * 60 * 1000;
+/** After a drain, the queue stats query runs at most this often (the poll runs it too). */
+const STATS_EVERY_MS = 5_000;
 /** A handler that throws (a bug, not a row's fault) retries its rows after this long. */
 const HANDLER_CRASH_RETRY_MS = 30_000;
 
@@ -24,6 +26,8 @@ export interface DrainerOptions<Row extends ClaimedRow> {
 }
 
 export type DrainerEvent =
+  /** Rows claimed and about to be handed to the handler. */
+  | { type: "claimed"; workload: string; ids: number[] }
   | { type: "finalized"; workload: string; outcomes: Outcome[] }
   | { type: "idle"; workload: string; stats: QueueStats | null };
 
@@ -59,6 +63,8 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   let timer: NodeJS.Timeout | null = null;
   let timerAt = 0;
   let inFlightRows = 0;
+  let lastStatsAt = 0;
+  let wakeWaiter: (() => void) | null = null;
   const units = new Set<Promise<void>>();
   const state: Omit<DrainerState, "running" | "inFlightRows"> = {
     lastWakeAt: null,
@@ -76,6 +82,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     if (reason === "notify") state.lastNotifyAt = state.lastWakeAt;
     if (loop) {
       again = true;
+      wakeWaiter?.();
       return;
     }
     loop = drain().finally(() => {
@@ -141,6 +148,8 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
       end();
       await finalizeUnit(rows, outcomes);
       for (const o of outcomes) {
+        // A retry or a hand-back is due again at `at`: be awake for it.
+        if (o.kind === "retry" || o.kind === "defer") armTimer(o.at.getTime());
         if (o.kind === "defer") metrics.deferred.inc(label);
         else
           metrics.completed.inc({ ...label, outcome: o.kind === "cancel" ? "cancelled" : o.kind });
@@ -152,6 +161,15 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
       units.delete(unit);
     });
     units.add(unit);
+  }
+
+  /** Resolves when a unit finishes or a wake-up arrives, whichever is first. */
+  function nextEvent(): Promise<unknown> {
+    return Promise.race([...units, new Promise<void>((resolve) => (wakeWaiter = resolve))]).finally(
+      () => {
+        wakeWaiter = null;
+      },
+    );
   }
 
   async function drain() {
@@ -166,30 +184,38 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
         }
         const free = workload.concurrency() - units.size;
         if (free <= 0) {
-          await Promise.race(units);
+          await nextEvent();
           continue;
         }
         const want = free * workload.unitSize();
-        const rows = await workload.queue.claim(
-          owner,
-          want,
-          options.leaseSeconds(),
-          workload.excludedKeys?.(),
-        );
+        const excluded = workload.excludedKeys?.() ?? [];
+        const rows = await workload.queue.claim(owner, want, options.leaseSeconds(), excluded);
         errorStreak = 0;
         state.lastError = null;
         if (rows.length > 0) {
+          options.onEvent?.({
+            type: "claimed",
+            workload: workload.name,
+            ids: rows.map((r) => r.id),
+          });
           metrics.claimed.inc(label, rows.length);
           for (const row of rows) metrics.pickupLatency.observe(label, row.pickup_lag);
           for (let i = 0; i < rows.length; i += workload.unitSize()) {
             startUnit(rows.slice(i, i + workload.unitSize()));
           }
         }
-        if (rows.length < want && !again) {
-          // Nothing more is claimable now: wait for a unit to finish (it may free an
-          // endpoint or requeue a row), then look again; idle once nothing is in flight.
-          if (units.size === 0) break;
-          await Promise.race(units);
+        if (rows.length < want) {
+          // Nothing more was claimable. New rows announce themselves (NOTIFY sets
+          // `again`, also for rows a finalize hands back as due now), so without a
+          // wake-up there is no point in claiming again; just let the units finish.
+          // Rows held back because their endpoint was full are the exception: a
+          // finishing unit frees a slot, so look again then.
+          if (excluded.length === 0) {
+            while (!again && units.size > 0 && !stopping) await nextEvent();
+            if (!again) break;
+          } else if (!again && units.size > 0) {
+            await nextEvent();
+          }
         }
       }
     } catch (err) {
@@ -201,10 +227,13 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
       return;
     }
     if (stopping) return;
-    await refreshStats();
+    // Retry timers come from the outcomes themselves; the stats query (gauges, leases
+    // of crashed replicas) runs at most every STATS_EVERY_MS here, and on every poll.
+    if (Date.now() - lastStatsAt >= STATS_EVERY_MS) await refreshStats();
   }
 
   async function refreshStats() {
+    lastStatsAt = Date.now();
     try {
       const stats = await workload.queue.stats();
       state.lastStats = stats;

@@ -165,7 +165,12 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
     spec,
     async claim(owner, limit, leaseSeconds, exclude = []) {
       const params = [owner, leaseSeconds, limit, ...(spec.excludeColumn ? [exclude] : [])];
-      const { rows } = await pool.query<Row>(claimSql, params);
+      // Named (prepared) statements: parsed and planned once per connection.
+      const { rows } = await pool.query<Row>({
+        name: `reactor_claim_${spec.table}`,
+        text: claimSql,
+        values: params,
+      });
       for (const row of rows) {
         // bigint arrives as a string; ids stay far below 2^53.
         row.id = Number(row.id);
@@ -186,7 +191,11 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
           outcomes.map((o) => ("extra" in o ? (o.extra?.[c.name] ?? null) : null)),
         ),
       ];
-      const res = await pool.query(finalizeSql, params);
+      const res = await pool.query({
+        name: `reactor_finalize_${spec.table}`,
+        text: finalizeSql,
+        values: params,
+      });
       for (const o of outcomes) versions.delete(o.id);
       return res.rowCount ?? 0;
     },

@@ -1,0 +1,124 @@
+// The yardsticks measured in the same run: the physical limit (a raw NOTIFY from an
+// AFTER INSERT trigger to a LISTEN session) and graphile-worker with its documented
+// fast settings (LISTEN/NOTIFY for latency; localQueue + batched completion for drains).
+import { Logger, run } from "graphile-worker";
+import pg from "pg";
+import { freshDatabase, idlePerHour, type Summary, sleep, summary, until } from "./lib.js";
+
+export async function rawNotify(adminUrl: string, samples: number): Promise<Summary> {
+  const url = await freshDatabase(adminUrl, { migrate: false });
+  const setup = new pg.Client({ connectionString: url });
+  await setup.connect();
+  await setup.query(`
+    CREATE TABLE raw_events (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int);
+    CREATE FUNCTION raw_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN PERFORM pg_notify('raw_events', NEW.id::text); RETURN NULL; END $$;
+    CREATE TRIGGER raw_notify AFTER INSERT ON raw_events FOR EACH ROW EXECUTE FUNCTION raw_notify();`);
+  const listener = new pg.Client({ connectionString: url });
+  await listener.connect();
+  let last = "";
+  listener.on("notification", (n) => {
+    last = n.payload ?? "";
+  });
+  await listener.query("LISTEN raw_events");
+  const lat: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const t0 = performance.now();
+    const { rows } = await setup.query("INSERT INTO raw_events (v) VALUES ($1) RETURNING id", [i]);
+    const id = String(rows[0].id);
+    await until(() => last === id);
+    lat.push(performance.now() - t0);
+  }
+  await listener.end();
+  await setup.end();
+  return summary(lat);
+}
+
+/** add_job committed → task starts, sequential, with graphile-worker's LISTEN/NOTIFY wake-up. */
+export async function graphileLatency(adminUrl: string, samples: number): Promise<Summary> {
+  const url = await freshDatabase(adminUrl, { migrate: false });
+  let started = "";
+  const runner = await run({
+    connectionString: url,
+    concurrency: 1,
+    noHandleSignals: true,
+    pollInterval: 2000,
+    logger: quietLogger(),
+    taskList: {
+      bench: async (payload) => {
+        started = String((payload as { i: number }).i);
+      },
+    },
+  });
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  await sleep(500);
+  const lat: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const t0 = performance.now();
+    await c.query("SELECT graphile_worker.add_job('bench', json_build_object('i', $1::int))", [i]);
+    await until(() => started === String(i));
+    lat.push(performance.now() - t0);
+  }
+  await c.end();
+  await runner.stop();
+  return summary(lat);
+}
+
+/** Drain of `jobs` no-op jobs queued up front, with localQueue and batched completion. */
+export async function graphileDrain(adminUrl: string, jobs: number, idleSeconds: number) {
+  const url = await freshDatabase(adminUrl, { migrate: false });
+  let done = 0;
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  // Let graphile-worker install its schema first, then queue everything in one statement.
+  const installer = await run({
+    connectionString: url,
+    concurrency: 1,
+    noHandleSignals: true,
+    logger: quietLogger(),
+    taskList: {},
+  });
+  await installer.stop();
+  await c.query(
+    `SELECT graphile_worker.add_jobs(array_agg(spec)) FROM (
+       SELECT (
+         'noop', json_build_object('i', g), NULL::text, NULL::timestamptz, NULL::int, NULL::text, NULL::int, NULL::text[]
+       )::graphile_worker.job_spec AS spec FROM generate_series(1, $1::int) g) s`,
+    [jobs],
+  );
+  const t0 = performance.now();
+  const runner = await run({
+    connectionString: url,
+    noHandleSignals: true,
+    logger: quietLogger(),
+    preset: {
+      worker: {
+        concurrentJobs: 24,
+        maxPoolSize: 12,
+        localQueue: { size: 500 },
+        completeJobBatchDelay: 0,
+        failJobBatchDelay: 0,
+        pollInterval: 2000,
+      },
+    },
+    taskList: {
+      noop: async () => {
+        done++;
+      },
+    },
+  });
+  await until(() => done >= jobs, 600_000);
+  const seconds = (performance.now() - t0) / 1000;
+  await c.end();
+  const idle = await idlePerHour(url, idleSeconds);
+  await runner.stop();
+  return { jobs, seconds: Number(seconds.toFixed(2)), perSecond: Math.round(jobs / seconds), idle };
+}
+
+function quietLogger() {
+  // graphile-worker's Logger takes a factory; this one drops everything but errors.
+  return new Logger(() => (level: string, message: string) => {
+    if (level === "error") process.stderr.write(`graphile-worker: ${message}\n`);
+  });
+}

@@ -1,0 +1,284 @@
+// pg-reactor's own measurements: pickup latency, drains (no-op handler, ShipStation
+// fake, webhook receiver) with 1 and 2 replicas, idle cost and config propagation.
+import pg from "pg";
+import type { App } from "../src/app.js";
+import { makeDeliveriesQueue } from "../src/deliveries/queue.js";
+import { startFakeShipStation } from "../src/demo/fake-shipstation.js";
+import { newSecret, startReceiver } from "../src/demo/receiver.js";
+import { sampleOrderPayload } from "../src/demo/sample-order.js";
+import { makeLogger } from "../src/logger.js";
+import { makeMetrics } from "../src/metrics.js";
+import { makeReactor } from "../src/reactor/reactor.js";
+import { makeLiveSettings } from "../src/reactor/settings.js";
+import type { Workload } from "../src/reactor/workload.js";
+import { makeOrdersQueue } from "../src/uploads/queue.js";
+import { startReactor } from "../test/helpers/reactor.js";
+import { freshDatabase, idlePerHour, type Summary, summary, until } from "./lib.js";
+
+const PAYLOAD = JSON.stringify(sampleOrderPayload());
+
+async function withSettings(url: string, settings: Record<string, string>) {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  for (const [k, v] of Object.entries(settings)) {
+    await c.query(
+      "INSERT INTO configuration_params (category, parameter_name, value) VALUES ('reactor', $1, $2)",
+      [k, v],
+    );
+  }
+  await c.end();
+}
+
+export async function uploadPickup(
+  adminUrl: string,
+  samples: number,
+): Promise<{ handler: Summary; target: Summary }> {
+  const url = await freshDatabase(adminUrl);
+  await withSettings(url, { upload_rate_limit_per_minute: "100000" });
+  const fake = await startFakeShipStation();
+  const claimed = new Set<number>();
+  const app = await startReactor({
+    databaseUrl: url,
+    shipstationUrl: fake.url,
+    onDrainerEvent: (e) => {
+      if (e.type === "claimed") for (const id of e.ids) claimed.add(id);
+    },
+  });
+  const db = new pg.Client({ connectionString: url });
+  await db.connect();
+  const handler: number[] = [];
+  const target: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const key = `lat-${i}`;
+    const t0 = performance.now();
+    const { rows } = await db.query(
+      "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ($1, $1, $2) RETURNING id",
+      [key, PAYLOAD],
+    );
+    const id = Number(rows[0].id);
+    await until(() => claimed.has(id));
+    handler.push(performance.now() - t0);
+    await until(() => fake.received.has(key));
+    target.push(performance.now() - t0);
+  }
+  await app.stop(1_000);
+  await db.end();
+  await fake.close();
+  return { handler: summary(handler), target: summary(target) };
+}
+
+export async function deliveryPickup(
+  adminUrl: string,
+  samples: number,
+): Promise<{ handler: Summary; target: Summary }> {
+  const url = await freshDatabase(adminUrl);
+  const receiver = await startReceiver();
+  const db = new pg.Client({ connectionString: url });
+  await db.connect();
+  await db.query("INSERT INTO webhook_subscriptions (url, secret) VALUES ($1, $2)", [
+    `${receiver.url}/hook`,
+    newSecret(),
+  ]);
+  const claimed = new Set<number>();
+  const app = await startReactor({
+    databaseUrl: url,
+    onDrainerEvent: (e) => {
+      if (e.type === "claimed") for (const id of e.ids) claimed.add(id);
+    },
+  });
+  const handler: number[] = [];
+  const target: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const t0 = performance.now();
+    const { rows } = await db.query(
+      `WITH e AS (INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload)
+         VALUES ('o', $1, 'order.created', '{}') RETURNING id)
+       SELECT e.id FROM e`,
+      [String(i)],
+    );
+    const eventId = rows[0].id;
+    const d = await db.query("SELECT id FROM webhook_deliveries WHERE event_id = $1", [eventId]);
+    const deliveryId = Number(d.rows[0].id);
+    await until(() => claimed.has(deliveryId));
+    handler.push(performance.now() - t0);
+    await until(() => receiver.delivered.has(eventId));
+    target.push(performance.now() - t0);
+  }
+  await app.stop(1_000);
+  await db.end();
+  await receiver.close();
+  return { handler: summary(handler), target: summary(target) };
+}
+
+/** A reactor whose only workload finalizes every claimed order as success at once. */
+async function startNoopReactor(url: string, name: string, onDone: (n: number) => void) {
+  const logger = makeLogger("silent");
+  const metrics = makeMetrics({ defaultMetrics: false });
+  const pool = new pg.Pool({ connectionString: url, max: 10, application_name: "pg-reactor" });
+  const settings = makeLiveSettings(pool, logger, metrics);
+  const workload: Workload = {
+    name: "uploads",
+    channel: "reactor_orders",
+    queue: makeOrdersQueue(pool) as unknown as Workload["queue"],
+    enabled: () => true,
+    disabledReason: () => null,
+    unitSize: () => settings.current.upload_batch_size,
+    concurrency: () => settings.current.upload_concurrency,
+    pausedUntil: () => 0,
+    async process(rows) {
+      onDone(rows.length);
+      return rows.map((r) => ({ id: r.id, kind: "success" as const }));
+    },
+  };
+  const reactor = makeReactor({
+    pool,
+    listenUrl: url,
+    owner: `${name}/noop`,
+    settings,
+    workloads: [workload],
+    logger,
+    metrics,
+  });
+  await reactor.start();
+  return {
+    stop: async () => {
+      await reactor.stop(1_000);
+      await pool.end();
+    },
+  };
+}
+
+export async function noopDrain(adminUrl: string, orders: number, replicas: number) {
+  const url = await freshDatabase(adminUrl);
+  let done = 0;
+  const running = [];
+  for (let r = 0; r < replicas; r++)
+    running.push(await startNoopReactor(url, `r${r}`, (n) => (done += n)));
+  const db = new pg.Client({ connectionString: url });
+  await db.connect();
+  const t0 = performance.now();
+  await db.query(
+    "INSERT INTO orders_inbox (order_number, payload) SELECT 'n-' || g, $1::jsonb FROM generate_series(1, $2::int) g",
+    [PAYLOAD, orders],
+  );
+  await until(() => done >= orders, 600_000);
+  // Done means finalized in the table, not only handed to the handler.
+  await until(() => true);
+  for (;;) {
+    const { rows } = await db.query(
+      "SELECT count(*)::int AS n FROM orders_inbox WHERE upload_state = 'uploaded'",
+    );
+    if (rows[0].n >= orders) break;
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  await db.end();
+  await Promise.all(running.map((r) => r.stop()));
+  return {
+    orders,
+    replicas,
+    seconds: Number(seconds.toFixed(2)),
+    perSecond: Math.round(orders / seconds),
+  };
+}
+
+export async function shipstationDrain(adminUrl: string, orders: number, replicas: number) {
+  const url = await freshDatabase(adminUrl);
+  await withSettings(url, { upload_rate_limit_per_minute: "100000" });
+  const fake = await startFakeShipStation();
+  const apps: App[] = [];
+  for (let r = 0; r < replicas; r++)
+    apps.push(
+      await startReactor({
+        databaseUrl: url,
+        shipstationUrl: fake.url,
+        env: { INSTANCE_ID: `r${r}` },
+      }),
+    );
+  const db = new pg.Client({ connectionString: url });
+  await db.connect();
+  const t0 = performance.now();
+  await db.query(
+    "INSERT INTO orders_inbox (order_number, payload) SELECT 's-' || g, $1::jsonb FROM generate_series(1, $2::int) g",
+    [PAYLOAD, orders],
+  );
+  await until(() => fake.received.size >= orders, 600_000);
+  const seconds = (performance.now() - t0) / 1000;
+  await db.end();
+  await Promise.all(apps.map((a) => a.stop(1_000)));
+  await fake.close();
+  return {
+    orders,
+    replicas,
+    seconds: Number(seconds.toFixed(2)),
+    perSecond: Math.round(orders / seconds),
+    calls: fake.calls.length,
+  };
+}
+
+export async function deliveriesDrain(adminUrl: string, events: number, replicas: number) {
+  const url = await freshDatabase(adminUrl);
+  const receiver = await startReceiver();
+  const db = new pg.Client({ connectionString: url });
+  await db.connect();
+  await db.query("INSERT INTO webhook_subscriptions (url, secret) VALUES ($1, $2)", [
+    `${receiver.url}/hook`,
+    newSecret(),
+  ]);
+  const apps: App[] = [];
+  for (let r = 0; r < replicas; r++)
+    apps.push(await startReactor({ databaseUrl: url, env: { INSTANCE_ID: `r${r}` } }));
+  const t0 = performance.now();
+  await db.query(
+    `INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload)
+     SELECT 'o', g::text, 'order.created', '{}' FROM generate_series(1, $1::int) g`,
+    [events],
+  );
+  await until(() => receiver.delivered.size >= events, 600_000);
+  const seconds = (performance.now() - t0) / 1000;
+  await db.end();
+  await Promise.all(apps.map((a) => a.stop(1_000)));
+  await receiver.close();
+  void makeDeliveriesQueue;
+  return {
+    events,
+    replicas,
+    seconds: Number(seconds.toFixed(2)),
+    perSecond: Math.round(events / seconds),
+  };
+}
+
+export async function reactorIdle(adminUrl: string, seconds: number) {
+  const url = await freshDatabase(adminUrl);
+  const app = await startReactor({ databaseUrl: url });
+  const idle = await idlePerHour(url, seconds);
+  await app.stop(1_000);
+  return idle;
+}
+
+export async function configPropagation(adminUrl: string, changes: number): Promise<Summary> {
+  const url = await freshDatabase(adminUrl);
+  await withSettings(url, { retention_days: "1" });
+  const a = await startReactor({ databaseUrl: url, env: { INSTANCE_ID: "a" } });
+  const b = await startReactor({ databaseUrl: url, env: { INSTANCE_ID: "b" } });
+  const db = new pg.Client({ connectionString: url });
+  await db.connect();
+  const lat: number[] = [];
+  for (let i = 0; i < changes; i++) {
+    const value = 2 + (i % 300);
+    const t0 = performance.now();
+    await db.query(
+      "UPDATE configuration_params SET value = $1 WHERE parameter_name = 'retention_days'",
+      [String(value)],
+    );
+    await until(
+      () =>
+        a.settings.current.retention_days === value && b.settings.current.retention_days === value,
+    );
+    lat.push(performance.now() - t0);
+    // Spaced out so each change is measured alone, not coalesced into a burst.
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  await db.end();
+  await Promise.all([a.stop(1_000), b.stop(1_000)]);
+  return summary(lat);
+}
