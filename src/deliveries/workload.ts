@@ -20,6 +20,8 @@ export const RETRY_AFTER_MIN_MS = 1_000;
 export const RETRY_AFTER_MAX_MS = 60 * 60 * 1000;
 /** A row claimed past its endpoint's cap (claims race) comes back this soon. */
 const ENDPOINT_BUSY_DEFER_MS = 250;
+/** Largest webhook body sent; an event above it fails with a clear error. */
+export const MAX_WEBHOOK_BODY_BYTES = 256 * 1024;
 /** Retention runs at most this often unless the last run hit a full batch. */
 const RETENTION_EVERY_MS = 10 * 60 * 1000;
 
@@ -88,6 +90,15 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
       payload: row.event_payload,
     };
     const body = deliveryBody(event);
+    const bytes = Buffer.byteLength(body);
+    if (bytes > MAX_WEBHOOK_BODY_BYTES) {
+      // Receivers commonly cap bodies well below this; retrying would only repeat it.
+      return {
+        id: row.id,
+        kind: "failed",
+        error: `event body is ${bytes} bytes; webhooks carry at most ${MAX_WEBHOOK_BODY_BYTES} (send a reference to the data instead)`,
+      };
+    }
     const headers = signedHeaders(event, body, {
       secret: row.secret,
       previousSecret: row.previous_secret,

@@ -53,6 +53,15 @@ export async function buildStatus(app: App) {
     owner: app.owner,
     version: VERSION,
     uptimeSeconds: Math.round((Date.now() - app.startedAt.getTime()) / 1000),
+    process: {
+      rssBytes: process.memoryUsage().rss,
+      heapUsedBytes: process.memoryUsage().heapUsed,
+      dbPool: {
+        total: app.pool.totalCount,
+        idle: app.pool.idleCount,
+        waiting: app.pool.waitingCount,
+      },
+    },
     settings: { ...app.settings.current },
     settingsReloadedAt: app.settings.lastReloadAt(),
     environment: {

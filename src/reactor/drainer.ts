@@ -64,6 +64,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   let timerAt = 0;
   let inFlightRows = 0;
   let lastStatsAt = 0;
+  let futureWork = false;
   let wakeWaiter: (() => void) | null = null;
   const units = new Set<Promise<void>>();
   const state: Omit<DrainerState, "running" | "inFlightRows"> = {
@@ -78,6 +79,9 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     if (stopping) return;
     metrics.wakeups.inc({ ...label, reason });
     state.lastWakeAt = new Date();
+    // A timer drain takes only what is due by now; later rows need the next timer,
+    // which the stats query at the end of the drain arms.
+    if (reason === "timer") futureWork = true;
     state.lastWakeReason = reason;
     if (reason === "notify") state.lastNotifyAt = state.lastWakeAt;
     if (loop) {
@@ -149,7 +153,12 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
       await finalizeUnit(rows, outcomes);
       for (const o of outcomes) {
         // A retry or a hand-back is due again at `at`: be awake for it.
-        if (o.kind === "retry" || o.kind === "defer") armTimer(o.at.getTime());
+        if (o.kind === "retry" || o.kind === "defer") {
+          armTimer(o.at.getTime());
+          // Only the earliest timer is kept; the stats query at the end of the drain
+          // finds the next due row after it.
+          futureWork = true;
+        }
         if (o.kind === "defer") metrics.deferred.inc(label);
         else
           metrics.completed.inc({ ...label, outcome: o.kind === "cancel" ? "cancelled" : o.kind });
@@ -227,9 +236,13 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
       return;
     }
     if (stopping) return;
-    // Retry timers come from the outcomes themselves; the stats query (gauges, leases
-    // of crashed replicas) runs at most every STATS_EVERY_MS here, and on every poll.
-    if (Date.now() - lastStatsAt >= STATS_EVERY_MS) await refreshStats();
+    // The stats query (next due row, gauges, leases of crashed replicas) runs when rows
+    // were scheduled for later during this drain, else at most every STATS_EVERY_MS
+    // here; the safety poll runs it too.
+    if (futureWork || Date.now() - lastStatsAt >= STATS_EVERY_MS) {
+      futureWork = false;
+      await refreshStats();
+    }
   }
 
   async function refreshStats() {

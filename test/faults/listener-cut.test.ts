@@ -1,0 +1,96 @@
+// Scenario 1: the LISTEN backend is terminated again and again under a steady insert
+// stream. Nothing may be lost, and work committed while the listener is down must be
+// picked up by the reconnect catch-up, long before the (hour-long) safety poll.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { App } from "../../src/app.js";
+import { type FakeShipStation, startFakeShipStation } from "../../src/demo/fake-shipstation.js";
+import {
+  createTestDatabase,
+  insertOrders,
+  setSetting,
+  type TestDatabase,
+  waitFor,
+} from "../helpers/db.js";
+import { startReactor } from "../helpers/reactor.js";
+import { report, scale } from "./scale.js";
+
+describe("fault: listener cut", () => {
+  let db: TestDatabase;
+  let fake: FakeShipStation;
+  let app: App;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    fake = await startFakeShipStation();
+    await setSetting(db.pool, "upload_rate_limit_per_minute", "100000");
+    await setSetting(db.pool, "poll_interval_seconds", "3600");
+    app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
+  });
+  afterAll(async () => {
+    await app.stop(1_000);
+    await fake.close();
+    await db.drop();
+  });
+
+  it(`terminating the listener ${scale(5, 50)} times under load loses nothing`, async () => {
+    const cuts = scale(5, 50);
+    const started = Date.now();
+    let streaming = true;
+    let streamed = 0;
+    const stream = (async () => {
+      while (streaming) {
+        await insertOrders(db.pool, 1, { prefix: `s${streamed}` });
+        streamed++;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
+    const catchUpMs: number[] = [];
+    for (let i = 0; i < cuts; i++) {
+      await waitFor(() => app.reactor.listener().state().connected, {
+        what: "listener up",
+        timeoutMs: 20_000,
+      });
+      const client = await db.pool.connect();
+      try {
+        // Waits until the backend is gone, so the next commit's NOTIFY reaches no one.
+        const { rows } = await client.query(
+          `SELECT pg_terminate_backend(pid, 5000) AS ok FROM pg_stat_activity
+           WHERE application_name = 'pg-reactor listener' AND datname = current_database()`,
+        );
+        expect(rows).toEqual([{ ok: true }]);
+        const t0 = Date.now();
+        const [id] = await insertOrders(client, 1, { prefix: `cut${i}` });
+        await waitFor(() => fake.received.has(String(id)), {
+          what: `order after cut ${i}`,
+          timeoutMs: 20_000,
+        });
+        catchUpMs.push(Date.now() - t0);
+      } finally {
+        client.release();
+      }
+    }
+    streaming = false;
+    await stream;
+    const { rows } = await db.pool.query("SELECT id FROM orders_inbox");
+    await waitFor(() => rows.every((r) => fake.received.has(String(r.id))), {
+      what: "every order",
+      timeoutMs: 30_000,
+    });
+    const lost = rows.filter((r) => !fake.received.has(String(r.id))).length;
+    const resent = [...fake.received.values()].filter((n) => n > 1).length;
+    expect(lost).toBe(0);
+    expect(resent).toBe(0);
+    // Caught up by reconnect, not by the hour-long poll.
+    expect(Math.max(...catchUpMs)).toBeLessThan(20_000);
+    expect(app.reactor.listener().state().reconnects).toBeGreaterThanOrEqual(cuts);
+    report("listener cut", {
+      cuts,
+      workItems: rows.length,
+      lost,
+      resent,
+      catchUpMsMax: Math.max(...catchUpMs),
+      catchUpMsMedian: catchUpMs.sort((a, b) => a - b)[Math.floor(catchUpMs.length / 2)],
+      settleSeconds: (Date.now() - started) / 1000,
+    });
+  });
+});
