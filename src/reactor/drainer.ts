@@ -135,6 +135,34 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     }
   }
 
+  // Group commit for finalizes: while one batched UPDATE is in flight, units that finish
+  // queue up and go together in the next one. No waiting is added when nothing is in flight.
+  const finalQueue: Array<{ rows: Row[]; outcomes: Outcome[]; done: () => void }> = [];
+  let flushing = false;
+
+  function finalizeBatched(rows: Row[], outcomes: Outcome[]): Promise<void> {
+    return new Promise<void>((done) => {
+      finalQueue.push({ rows, outcomes, done });
+      if (!flushing) void flushFinalizes();
+    });
+  }
+
+  async function flushFinalizes() {
+    flushing = true;
+    try {
+      while (finalQueue.length > 0) {
+        const batch = finalQueue.splice(0);
+        await finalizeUnit(
+          batch.flatMap((b) => b.rows),
+          batch.flatMap((b) => b.outcomes),
+        );
+        for (const b of batch) b.done();
+      }
+    } finally {
+      flushing = false;
+    }
+  }
+
   function startUnit(rows: Row[]) {
     inFlightRows += rows.length;
     metrics.inFlight.inc(label, rows.length);
@@ -150,7 +178,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
         outcomes = rows.map((r) => ({ id: r.id, kind: "retry", at, error }));
       }
       end();
-      await finalizeUnit(rows, outcomes);
+      await finalizeBatched(rows, outcomes);
       for (const o of outcomes) {
         // A retry or a hand-back is due again at `at`: be awake for it.
         if (o.kind === "retry" || o.kind === "defer") {

@@ -12,7 +12,7 @@ import { startFakeShipStation } from "../../src/demo/fake-shipstation.js";
 import { buildHealth } from "../../src/http/health.js";
 import { insertOrders, waitFor } from "../helpers/db.js";
 import { startReactor } from "../helpers/reactor.js";
-import { report, scale } from "./scale.js";
+import { reactorConnections, report, scale } from "./scale.js";
 
 describe("fault: database restart mid-burst", () => {
   it("recovers without a restart of its own and loses nothing", async () => {
@@ -76,6 +76,7 @@ describe("fault: database restart mid-burst", () => {
       expect(stuck.rows[0].n).toBe(0);
       expect(app.reactor.listener().state().connected).toBe(true);
       report("database restart", {
+        connections: await reactorConnections(after),
         workItems: total,
         lost,
         resent,

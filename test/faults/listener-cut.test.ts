@@ -12,7 +12,7 @@ import {
   waitFor,
 } from "../helpers/db.js";
 import { startReactor } from "../helpers/reactor.js";
-import { report, scale } from "./scale.js";
+import { reactorConnections, report, scale } from "./scale.js";
 
 describe("fault: listener cut", () => {
   let db: TestDatabase;
@@ -84,6 +84,7 @@ describe("fault: listener cut", () => {
     expect(Math.max(...catchUpMs)).toBeLessThan(20_000);
     expect(app.reactor.listener().state().reconnects).toBeGreaterThanOrEqual(cuts);
     report("listener cut", {
+      connections: await reactorConnections(db.pool),
       cuts,
       workItems: rows.length,
       lost,

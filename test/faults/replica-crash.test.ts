@@ -2,11 +2,12 @@
 // and restarted. Nothing may be lost, and re-sends are bounded by what the killed
 // replicas held (their leases expire, then another replica sends those rows again,
 // with the same orderKey).
+import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
 import { startFakeShipStation } from "../../src/demo/fake-shipstation.js";
 import { createTestDatabase, insertOrders, setSetting, waitFor } from "../helpers/db.js";
 import { type Spawned, spawnEntry } from "../helpers/process.js";
-import { report, scale } from "./scale.js";
+import { reactorConnections, report, scale } from "./scale.js";
 
 const BATCH = 10;
 const CONCURRENCY = 2;
@@ -80,12 +81,19 @@ describe("fault: replica crash", () => {
       // A killed replica held at most BATCH × CONCURRENCY rows.
       expect(resent).toBeLessThanOrEqual(kills * BATCH * CONCURRENCY);
       report("replica crash", {
+        connections: await reactorConnections(db.pool),
         replicas: 3,
         kills,
         workItems: rows.length,
         lost,
         resent,
         resentBound: kills * BATCH * CONCURRENCY,
+        replicaPeakRssMiB: await Promise.all(
+          [...replicas.values()].map(async (r) => {
+            const status = await readFile(`/proc/${r.child.pid}/status`, "utf8").catch(() => "");
+            return Math.round(Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024);
+          }),
+        ),
         settleSeconds: (Date.now() - started) / 1000,
       });
     } finally {

@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import { newSecret, type ReceiverReply, startReceiver } from "../../src/demo/receiver.js";
 import { createTestDatabase, setSetting, waitFor } from "../helpers/db.js";
 import { startReactor } from "../helpers/reactor.js";
-import { report, scale } from "./scale.js";
+import { reactorConnections, report, scale } from "./scale.js";
 
 describe("fault: target chaos", () => {
   it("delivers everything through 5xx, timeouts, 429 bursts and resets", {
@@ -82,6 +82,7 @@ describe("fault: target chaos", () => {
       }
       const requests = [...answers.values()].reduce((s, k) => s + k.length, 0);
       report("target chaos", {
+        connections: await reactorConnections(db.pool),
         workItems: events,
         lost: events - rows.filter((r) => r.state === "delivered").length,
         requests,
