@@ -7,7 +7,7 @@ import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import { statusClass } from "../outbound/http.js";
 import { scheduledDelayMs } from "../reactor/backoff.js";
-import type { LeaseQueue, Outcome } from "../reactor/lease-queue.js";
+import { type LeaseQueue, type Outcome, retryOrFail } from "../reactor/lease-queue.js";
 import type { Settings } from "../reactor/settings-spec.js";
 import type { Workload } from "../reactor/workload.js";
 import { applyRetention, disableGoneSubscription, RETENTION_BATCH } from "./maintenance.js";
@@ -54,26 +54,6 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
   // In-flight requests per subscription; at the cap, its rows are not claimed.
   const inFlightByEndpoint = new Map<number, number>();
   let lastRetention = 0;
-
-  function retryOrFail(
-    row: ClaimedDelivery,
-    error: string,
-    status: number | null,
-    retryAfterMs: number | null,
-  ): Outcome {
-    const scheduled = scheduledDelayMs(settings.delivery_retry_schedule_seconds, row.attempts + 1);
-    const extra = { last_status: status };
-    if (scheduled === null) {
-      return {
-        id: row.id,
-        kind: "failed",
-        error: `${error} (gave up after ${row.attempts + 1} attempts)`,
-        extra,
-      };
-    }
-    const delay = retryAfterMs === null ? scheduled : clampRetryAfter(retryAfterMs);
-    return { id: row.id, kind: "retry", at: new Date(Date.now() + delay), error, extra };
-  }
 
   async function deliver(row: ClaimedDelivery): Promise<Outcome> {
     if (!row.subscription_enabled) {
@@ -144,7 +124,10 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
       case "refused":
         return { id: row.id, kind: "failed", error: result.error, extra: { last_status: null } };
       case "failed":
-        return retryOrFail(row, result.error, result.status, result.retryAfterMs);
+        return retryOrFail(row, settings.delivery_retry_schedule_seconds, result.error, {
+          delayMs: result.retryAfterMs === null ? null : clampRetryAfter(result.retryAfterMs),
+          extra: { last_status: result.status },
+        });
     }
   }
 

@@ -2,7 +2,7 @@
 // (keyset-paginated, filterable) and put them back to pending. The table's UPDATE
 // trigger then notifies, so reactors pick the rows up at once.
 import type { Pool } from "../db/pool.js";
-import type { QueueTableSpec } from "./lease-queue.js";
+import { type QueueTableSpec, quoteIdent } from "./lease-queue.js";
 
 export interface FailedFilter {
   /** Only these ids. */
@@ -27,7 +27,7 @@ export interface FailedRows {
   retryMatching(filter: FailedFilter, limit: number): Promise<number>;
 }
 
-const q = (ident: string) => `"${ident.replace(/"/g, '""')}"`;
+const q = quoteIdent;
 
 export function makeFailedRows(
   pool: Pool,

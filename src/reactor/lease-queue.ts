@@ -4,6 +4,7 @@
 // Table and column names come from code (QueueTableSpec), never from input; every value
 // is a bind parameter.
 import type { Pool } from "../db/pool.js";
+import { scheduledDelayMs } from "./backoff.js";
 
 /** How a work table spells the shared columns. All work tables have bigint ids. */
 export interface QueueTableSpec {
@@ -47,6 +48,37 @@ export type Outcome =
   /** Give the row back without using an attempt (rate limit, pause), due again at `at`. */
   | { id: number; kind: "defer"; at: Date };
 
+/**
+ * The outcome of a transient failure, shared by every workload: retry after the
+ * schedule's next delay (or after `delayMs` when the target named one), or `failed`
+ * once the schedule is exhausted.
+ */
+export function retryOrFail(
+  row: { id: number; attempts: number },
+  scheduleSeconds: readonly number[],
+  error: string,
+  options: { delayMs?: number | null; extra?: Record<string, unknown> } = {},
+): Outcome {
+  const attemptsMade = row.attempts + 1;
+  const scheduled = scheduledDelayMs(scheduleSeconds, attemptsMade);
+  if (scheduled === null) {
+    return {
+      id: row.id,
+      kind: "failed",
+      error: `${error} (gave up after ${attemptsMade} attempts)`,
+      extra: options.extra,
+    };
+  }
+  const delay = options.delayMs ?? scheduled;
+  return {
+    id: row.id,
+    kind: "retry",
+    at: new Date(Date.now() + delay),
+    error,
+    extra: options.extra,
+  };
+}
+
 /** Every claimed row carries these, plus the table's own columns. */
 export interface ClaimedRow {
   id: number;
@@ -79,7 +111,9 @@ export interface LeaseQueue<Row extends ClaimedRow> {
   statsSql(label: string): string;
 }
 
-const q = (ident: string) => `"${ident.replace(/"/g, '""')}"`;
+/** Quotes an identifier from a QueueTableSpec (code, never input). */
+export const quoteIdent = (ident: string) => `"${ident.replace(/"/g, '""')}"`;
+const q = quoteIdent;
 
 export function makeLeaseQueue<Row extends ClaimedRow>(
   pool: Pool,

@@ -2,8 +2,9 @@
 // each result mapped back to its row. Rate limits are obeyed before and after the call.
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
-import { scheduledDelayMs, sleep } from "../reactor/backoff.js";
-import type { LeaseQueue, Outcome } from "../reactor/lease-queue.js";
+import { statusClass } from "../outbound/http.js";
+import { sleep } from "../reactor/backoff.js";
+import { type LeaseQueue, type Outcome, retryOrFail } from "../reactor/lease-queue.js";
 import type { RateLimiter } from "../reactor/rate-limit.js";
 import type { Settings } from "../reactor/settings-spec.js";
 import type { Workload } from "../reactor/workload.js";
@@ -35,21 +36,12 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
   const label = { workload: "uploads" };
   let credentialsRejected: string | null = null;
 
-  function retryOrFail(row: ClaimedOrder, error: string, extraDelayMs = 0): Outcome {
-    const delay = scheduledDelayMs(UPLOAD_RETRY_SCHEDULE_SECONDS, row.attempts + 1);
-    if (delay === null) {
-      return {
-        id: row.id,
-        kind: "failed",
-        error: `${error} (gave up after ${row.attempts + 1} attempts)`,
-      };
-    }
-    return {
-      id: row.id,
-      kind: "retry",
-      at: new Date(Date.now() + Math.max(delay, extraDelayMs)),
-      error,
-    };
+  function disabledReason(): string | null {
+    if (!client)
+      return "SHIPSTATION_API_KEY and SHIPSTATION_API_SECRET are not set: uploads are paused";
+    if (credentialsRejected) return credentialsRejected;
+    if (!settings.uploads_enabled) return "reactor.uploads_enabled is false";
+    return null;
   }
 
   /** Waits for a local rate-limit slot; false means the wait is long and rows go back. */
@@ -74,7 +66,7 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
     const res = await client.createOrders(orders);
     metrics.httpResponses.inc({
       ...label,
-      class: res.status === null ? "error" : `${Math.floor(res.status / 100)}xx`,
+      class: statusClass(res.status),
     });
     switch (res.kind) {
       case "ok": {
@@ -88,7 +80,11 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
           const result =
             byKey.get(key) ?? (res.results[i]?.orderKey === undefined ? res.results[i] : undefined);
           if (!result)
-            return retryOrFail(row, "ShipStation's response had no result for this order");
+            return retryOrFail(
+              row,
+              UPLOAD_RETRY_SCHEDULE_SECONDS,
+              "ShipStation's response had no result for this order",
+            );
           if (result.success) {
             return {
               id: row.id,
@@ -121,7 +117,7 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
       case "rejected":
         return rows.map((r) => ({ id: r.id, kind: "failed", error: res.error }));
       case "transient":
-        return rows.map((r) => retryOrFail(r, res.error));
+        return rows.map((r) => retryOrFail(r, UPLOAD_RETRY_SCHEDULE_SECONDS, res.error));
     }
   }
 
@@ -129,14 +125,9 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
     name: "uploads",
     channel: ORDERS_CHANNEL,
     queue: options.queue,
-    enabled: () => settings.uploads_enabled && client !== null && credentialsRejected === null,
-    disabledReason: () => {
-      if (!client)
-        return "SHIPSTATION_API_KEY and SHIPSTATION_API_SECRET are not set: uploads are paused";
-      if (credentialsRejected) return credentialsRejected;
-      if (!settings.uploads_enabled) return "reactor.uploads_enabled is false";
-      return null;
-    },
+    // One list of reasons; enabled() is just "no reason to be paused".
+    enabled: () => disabledReason() === null,
+    disabledReason,
     unitSize: () => settings.upload_batch_size,
     concurrency: () => settings.upload_concurrency,
     pausedUntil: () => limiter.pausedUntil(),
