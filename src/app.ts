@@ -115,9 +115,9 @@ export function makeApp(options: AppOptions): App {
           "SHIPSTATION_API_KEY and SHIPSTATION_API_SECRET are not set: uploads are PAUSED and orders wait as pending",
         );
       }
+      // Settings are loaded before this returns; the start catch-up drains whatever is due
+      // and its stats arm the timers for what is due later.
       await reactor.start();
-      // Whatever is already due is drained by the start catch-up; this arms retry timers.
-      await reactor.poll.pollNow().catch(() => undefined);
     },
     async stop(graceMs = SHUTDOWN_GRACE_MS) {
       await reactor.stop(graceMs);

@@ -21,15 +21,14 @@ export interface DrainerOptions<Row extends ClaimedRow> {
   leaseSeconds: () => number;
   logger: Logger;
   metrics: Metrics;
-  /** Test hook: called after each finalized unit and after each drain pass ends. */
+  /** Test and bench hook: called when rows are claimed and when a unit is finalized. */
   onEvent?: (event: DrainerEvent) => void;
 }
 
 export type DrainerEvent =
   /** Rows claimed and about to be handed to the handler. */
   | { type: "claimed"; workload: string; ids: number[] }
-  | { type: "finalized"; workload: string; outcomes: Outcome[] }
-  | { type: "idle"; workload: string; stats: QueueStats | null };
+  | { type: "finalized"; workload: string; outcomes: Outcome[] };
 
 export interface DrainerState {
   running: boolean;
@@ -44,8 +43,11 @@ export interface DrainerState {
 
 export interface Drainer {
   wake(reason: WakeReason): void;
-  /** Arms the retry timer from stats computed elsewhere (the safety poll). */
-  schedule(nextDueAt: Date | null): void;
+  /**
+   * Takes fresh queue stats (its own, or the safety poll's): records them for /status and
+   * the gauges, then wakes now if something is due, or arms the timer for when it will be.
+   */
+  applyStats(stats: QueueStats, reason: WakeReason): void;
   state(): DrainerState;
   /** Stops claiming, waits up to graceMs for in-flight units, then releases held leases. */
   stop(graceMs: number): Promise<void>;
@@ -110,8 +112,13 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     timer.unref?.();
   }
 
-  function schedule(nextDueAt: Date | null) {
-    if (nextDueAt) armTimer(nextDueAt.getTime());
+  function applyStats(stats: QueueStats, reason: WakeReason) {
+    state.lastStats = stats;
+    metrics.backlog.set(label, stats.backlog);
+    metrics.oldestPendingAge.set(label, stats.oldestDueAgeSeconds);
+    if (!workload.enabled() || !stats.nextDueAt) return;
+    if (stats.nextDueAt.getTime() <= Date.now()) wake(reason);
+    else armTimer(stats.nextDueAt.getTime());
   }
 
   async function finalizeUnit(rows: Row[], outcomes: Outcome[]) {
@@ -276,21 +283,15 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   async function refreshStats() {
     lastStatsAt = Date.now();
     try {
-      const stats = await workload.queue.stats();
-      state.lastStats = stats;
-      metrics.backlog.set(label, stats.backlog);
-      metrics.oldestPendingAge.set(label, stats.oldestDueAgeSeconds);
-      if (workload.enabled()) schedule(stats.nextDueAt);
-      options.onEvent?.({ type: "idle", workload: workload.name, stats });
+      applyStats(await workload.queue.stats(), "timer");
     } catch (err) {
       log.warn({ err: (err as Error).message }, "could not read queue stats");
-      options.onEvent?.({ type: "idle", workload: workload.name, stats: null });
     }
   }
 
   return {
     wake,
-    schedule,
+    applyStats,
     state: () => ({ ...state, running: loop !== null, inFlightRows }),
     async stop(graceMs) {
       stopping = true;

@@ -100,8 +100,10 @@ export function makeReactor(options: ReactorOptions): Reactor {
         if (name) drainers.get(name)?.wake("notify");
       },
       onConnected(reconnect) {
-        // Notifications sent while we were away are gone: catch up on everything.
-        void reloadSettings().then(() => wakeAll(reconnect ? "reconnect" : "start"));
+        // Notifications sent while we were away are gone: catch up on everything. At the
+        // first connect the settings were just read by start().
+        if (reconnect) void reloadSettings().then(() => wakeAll("reconnect"));
+        else wakeAll("start");
       },
     });
   }

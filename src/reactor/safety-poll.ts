@@ -6,7 +6,7 @@ import type { Pool } from "../db/pool.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import type { Drainer } from "./drainer.js";
-import { type QueueStats, toStats } from "./lease-queue.js";
+import { toStats } from "./lease-queue.js";
 import { type LiveSettings, SETTINGS_ROWS_SQL, type SettingRow } from "./settings.js";
 import type { Workload } from "./workload.js";
 
@@ -27,7 +27,6 @@ export function makeSafetyPoll(options: {
   settings: LiveSettings;
   logger: Logger;
   metrics: Metrics;
-  onStats?: (name: string, stats: QueueStats) => void;
 }): SafetyPoll {
   const { pool, workloads, metrics } = options;
   const log = options.logger.child({ component: "safety-poll" });
@@ -54,13 +53,7 @@ export function makeSafetyPoll(options: {
     for (const row of result.stats) {
       const entry = workloads.find((w) => w.workload.name === row.workload);
       if (!entry) continue;
-      const stats = toStats(row);
-      metrics.backlog.set({ workload: entry.workload.name }, stats.backlog);
-      metrics.oldestPendingAge.set({ workload: entry.workload.name }, stats.oldestDueAgeSeconds);
-      options.onStats?.(entry.workload.name, stats);
-      if (!entry.workload.enabled() || !stats.nextDueAt) continue;
-      if (stats.nextDueAt.getTime() <= Date.now()) entry.drainer.wake("poll");
-      else entry.drainer.schedule(stats.nextDueAt);
+      entry.drainer.applyStats(toStats(row), "poll");
     }
     if (!maintaining) {
       maintaining = true;
