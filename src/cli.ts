@@ -11,12 +11,12 @@ import { makeDeliveriesQueue } from "./deliveries/queue.js";
 import { makeSubscriptions } from "./deliveries/subscriptions.js";
 import { redactUrl } from "./logger.js";
 import { makeFailedRows } from "./reactor/failed-rows.js";
+import { SETTINGS_ROWS_SQL } from "./reactor/settings.js";
 import {
   defaultSettings,
   formatSetting,
-  isSettingName,
-  parseSetting,
-  type SettingName,
+  parseSettingRows,
+  type SettingRow,
 } from "./reactor/settings-spec.js";
 import { makeOrdersQueue } from "./uploads/queue.js";
 import { VERSION } from "./version.js";
@@ -63,22 +63,10 @@ export async function status(pool: Pool) {
     `SELECT count(*)::int AS n FROM pg_stat_activity
      WHERE application_name = 'pg-reactor listener' AND datname = current_database()`,
   );
-  const rows = await pool.query<{ parameter_name: string; value: string | null }>(
-    "SELECT parameter_name, value FROM configuration_params WHERE category = 'reactor' AND sku IS NULL",
-  );
-  const settings: Record<string, unknown> = { ...defaultSettings() };
-  const invalid: string[] = [];
-  for (const r of rows.rows) {
-    if (!isSettingName(r.parameter_name)) {
-      invalid.push(`unknown setting reactor.${r.parameter_name}`);
-      continue;
-    }
-    try {
-      settings[r.parameter_name] = parseSetting(r.parameter_name as SettingName, r.value);
-    } catch (err) {
-      invalid.push((err as Error).message);
-    }
-  }
+  const rows = await pool.query<SettingRow>(SETTINGS_ROWS_SQL);
+  const parsed = parseSettingRows(rows.rows);
+  const settings = { ...defaultSettings(), ...parsed.values };
+  const invalid = parsed.problems.map((p) => p.message);
   const workloads: Record<string, Record<string, unknown>> = {};
   for (const r of counts.rows) {
     const w = (workloads[r.workload] ??= { oldestDueSeconds: 0 });
@@ -110,7 +98,7 @@ program
     try {
       const { sqlApplied } = await migrate(url);
       process.stdout.write(
-        `${redactUrl(url)} is migrated${sqlApplied.length ? ` (applied ${sqlApplied.join(", ")})` : " (nothing to do)"}\n`,
+        `pg-reactor: ${redactUrl(url)} is migrated${sqlApplied.length ? ` (applied ${sqlApplied.join(", ")})` : " (nothing to do)"}\n`,
       );
     } finally {
       await embedded?.stop();

@@ -64,13 +64,13 @@ describe("the process", () => {
     const empty = await createTestDatabase({ migrated: false });
     try {
       const runs = [1, 2, 3].map(() =>
-        spawnEntry("src/migrate-cli.ts", { DATABASE_URL: empty.url }),
+        spawnEntry("src/cli.ts", { DATABASE_URL: empty.url }, ["migrate"]),
       );
       const results = await Promise.all(runs.map((r) => r.exited));
       for (const [i, r] of results.entries()) expect(r.code, runs[i]?.output()).toBe(0);
       const applied = runs.filter((r) => /applied .*010_orders_inbox\.sql/.test(r.output()));
       expect(applied).toHaveLength(1);
-      const again = spawnEntry("src/migrate-cli.ts", { DATABASE_URL: empty.url });
+      const again = spawnEntry("src/cli.ts", { DATABASE_URL: empty.url }, ["migrate"]);
       expect((await again.exited).code).toBe(0);
       expect(again.output()).toContain("(nothing to do)");
       const client = new pg.Client({ connectionString: empty.url });

@@ -1,6 +1,7 @@
 // /health and /health/ready: IETF health+json (draft-inadarei-api-health-check) built from
 // a cheap database ping, the listener state and the last queue stats of each workload.
 import type { App } from "../app.js";
+import { withTimeout } from "../reactor/backoff.js";
 import { VERSION } from "../version.js";
 
 /** The listener may be down this long (a server restart, a cut) before readiness fails. */
@@ -21,20 +22,11 @@ interface Check {
 
 async function pingMs(app: App): Promise<number> {
   const started = performance.now();
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([
-      app.pool.query("SELECT 1"),
-      new Promise((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`no answer within ${PING_TIMEOUT_MS} ms`)),
-          PING_TIMEOUT_MS,
-        );
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
+  await withTimeout(
+    app.pool.query("SELECT 1"),
+    PING_TIMEOUT_MS,
+    `no answer within ${PING_TIMEOUT_MS} ms`,
+  );
   return performance.now() - started;
 }
 

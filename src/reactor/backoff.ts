@@ -1,5 +1,5 @@
-// Delay arithmetic shared by every retry in the process: reconnects, drain-loop errors,
-// and both workloads' retry schedules. One place, so the numbers are easy to audit.
+// Delay arithmetic shared by every retry in the process (reconnects, drain-loop errors,
+// both workloads' retry schedules) and the small timing helpers built on it.
 
 /** Scales `ms` by a random factor in [1 - ratio, 1 + ratio]. */
 export function jitter(ms: number, ratio = 0.2): number {
@@ -37,4 +37,19 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }
     signal?.addEventListener("abort", done, { once: true });
   });
+}
+
+/** Rejects with `message` if `promise` has not settled within `ms`; the timer never outlives it. */
+export async function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(message)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -6,7 +6,7 @@ import pgListen from "pg-listen";
 import { LISTENER_APPLICATION_NAME } from "../db/pool.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
-import { exponentialBackoff } from "./backoff.js";
+import { exponentialBackoff, withTimeout } from "./backoff.js";
 
 /** NOTIFY payloads are at most 8000 bytes; ours are a few dozen. */
 const MAX_PAYLOAD_BYTES = 8000;
@@ -169,17 +169,12 @@ export function makeListener(options: ListenerOptions): Listener {
   async function check() {
     const client = current;
     if (closed || !client) return;
-    let timeout: NodeJS.Timeout | undefined;
     try {
-      const result = await Promise.race([
+      const result = await withTimeout(
         client.query<{ channel: string }>("SELECT pg_listening_channels() AS channel"),
-        new Promise<never>((_, reject) => {
-          timeout = setTimeout(
-            () => reject(new Error("channel check timed out")),
-            CHECK_TIMEOUT_MS,
-          );
-        }),
-      ]);
+        CHECK_TIMEOUT_MS,
+        "channel check timed out",
+      );
       const listening = new Set(result.rows.map((r) => r.channel));
       const missing = options.channels.filter((c) => !listening.has(c));
       if (missing.length > 0) throw new Error(`not listening on ${missing.join(", ")}`);
@@ -192,8 +187,6 @@ export function makeListener(options: ListenerOptions): Listener {
         .connection;
       conn?.stream?.destroy();
       client.end().catch(() => undefined);
-    } finally {
-      clearTimeout(timeout);
     }
   }
 

@@ -131,3 +131,33 @@ export function defaultSettings(): Settings {
 export function formatSetting(value: unknown): string {
   return Array.isArray(value) ? value.join(",") : String(value);
 }
+
+/** A configuration_params row as the reactor reads it (category 'reactor', sku NULL). */
+export interface SettingRow {
+  parameter_name: string;
+  value: string | null;
+}
+
+/**
+ * Parses stored rows: the values that fit, and a problem (with the message the trigger
+ * would give) for each row that does not. Pure, so the reactor and the CLI agree.
+ */
+export function parseSettingRows(rows: readonly SettingRow[]): {
+  values: Partial<Settings>;
+  problems: Array<SettingRow & { message: string }>;
+} {
+  const values: Partial<Record<SettingName, unknown>> = {};
+  const problems: Array<SettingRow & { message: string }> = [];
+  for (const row of rows) {
+    if (!isSettingName(row.parameter_name)) {
+      problems.push({ ...row, message: `unknown setting reactor.${row.parameter_name}` });
+      continue;
+    }
+    try {
+      values[row.parameter_name] = parseSetting(row.parameter_name, row.value);
+    } catch (err) {
+      problems.push({ ...row, message: (err as Error).message });
+    }
+  }
+  return { values: values as Partial<Settings>, problems };
+}

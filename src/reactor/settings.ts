@@ -9,10 +9,13 @@ import {
   defaultSettings,
   formatSetting,
   isSettingName,
-  parseSetting,
+  parseSettingRows,
   type SettingName,
+  type SettingRow,
   type Settings,
 } from "./settings-spec.js";
+
+export type { SettingRow };
 
 /** Reloads in a burst of config notifications are at least this far apart. */
 const MIN_RELOAD_GAP_MS = 20;
@@ -26,11 +29,6 @@ export interface SettingChange {
 /** The rows the settings are made of; the safety poll selects them in its own query. */
 export const SETTINGS_ROWS_SQL = `SELECT parameter_name, value FROM configuration_params
   WHERE category = 'reactor' AND sku IS NULL`;
-
-export interface SettingRow {
-  parameter_name: string;
-  value: string | null;
-}
 
 export interface LiveSettings {
   /** The settings in force. Read it at the point of use so changes apply at once. */
@@ -71,29 +69,25 @@ export function makeLiveSettings(pool: Pool, logger: Logger, metrics: Metrics): 
   function apply(rows: SettingRow[]): SettingChange[] {
     metrics.configReloads.inc();
     lastReloadAt = new Date();
-    const next = defaultSettings() as Record<SettingName, unknown>;
-    const seen = new Set<SettingName>();
-    const seenRaw = new Set<string>();
-    for (const row of rows) {
-      seenRaw.add(row.parameter_name);
-      if (!isSettingName(row.parameter_name)) {
-        reject(row, `unknown setting reactor.${row.parameter_name} ignored`);
+    const { values, problems } = parseSettingRows(rows);
+    const next = { ...defaultSettings(), ...values } as Record<SettingName, unknown>;
+    for (const [name, value] of Object.entries(values)) {
+      lastGood.set(name as SettingName, value);
+      rejected.delete(name);
+    }
+    for (const problem of problems) {
+      if (!isSettingName(problem.parameter_name)) {
+        reject(problem, `${problem.message} ignored`);
         continue;
       }
-      const name = row.parameter_name;
-      seen.add(name);
-      try {
-        next[name] = parseSetting(name, row.value);
-        lastGood.set(name, next[name]);
-        rejected.delete(name);
-      } catch (err) {
-        const keep = lastGood.get(name) ?? next[name];
-        next[name] = keep;
-        reject(row, `${(err as Error).message}; keeping ${formatSetting(keep)}`);
-      }
+      const keep = lastGood.get(problem.parameter_name) ?? next[problem.parameter_name];
+      next[problem.parameter_name] = keep;
+      reject(problem, `${problem.message}; keeping ${formatSetting(keep)}`);
     }
-    for (const name of lastGood.keys()) if (!seen.has(name)) lastGood.delete(name);
-    for (const name of rejected.keys()) if (!seenRaw.has(name)) rejected.delete(name);
+    // A deleted row forgets its last good value (back to the default) and its report.
+    const present = new Set(rows.map((r) => r.parameter_name));
+    for (const name of lastGood.keys()) if (!present.has(name)) lastGood.delete(name);
+    for (const name of rejected.keys()) if (!present.has(name)) rejected.delete(name);
     const changes: SettingChange[] = [];
     const mutable = current as Record<SettingName, unknown>;
     for (const name of Object.keys(next) as SettingName[]) {

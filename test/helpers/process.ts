@@ -1,4 +1,4 @@
-// Runs the real entry points (npm start's and npm run migrate's) as child processes.
+// Runs the real entry points (npm start, and the CLI behind npm run migrate) as child processes.
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
@@ -11,10 +11,11 @@ export interface Spawned {
 }
 
 export function spawnEntry(
-  entry: "src/main.ts" | "src/migrate-cli.ts",
+  entry: "src/main.ts" | "src/cli.ts",
   env: Record<string, string>,
+  args: string[] = [],
 ): Spawned {
-  const child = spawn(process.execPath, ["--import", "tsx", entry], {
+  const child = spawn(process.execPath, ["--import", "tsx", entry, ...args], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
     stdio: ["ignore", "pipe", "pipe"],
