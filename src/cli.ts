@@ -45,15 +45,6 @@ const print = (value: unknown): void => {
 };
 
 export async function status(pool: Pool) {
-  const counts = await pool.query(
-    `SELECT 'uploads' AS workload, upload_state AS state, count(*)::int AS n,
-       extract(epoch FROM now() - min(next_attempt_at) FILTER (WHERE upload_state = 'pending' AND next_attempt_at <= now()))::float8 AS oldest_due_s
-     FROM orders_inbox GROUP BY upload_state
-     UNION ALL
-     SELECT 'deliveries', state, count(*)::int,
-       extract(epoch FROM now() - min(next_attempt_at) FILTER (WHERE state = 'pending' AND next_attempt_at <= now()))::float8
-     FROM webhook_deliveries GROUP BY state`,
-  );
   const leases = await pool.query(
     `SELECT locked_by, count(*)::int AS n FROM (
        SELECT locked_by FROM orders_inbox WHERE locked_until > now()
@@ -67,11 +58,14 @@ export async function status(pool: Pool) {
   const parsed = parseSettingRows(rows.rows);
   const settings = { ...defaultSettings(), ...parsed.values };
   const invalid = parsed.problems.map((p) => p.message);
+  const queues = { uploads: makeOrdersQueue(pool), deliveries: makeDeliveriesQueue(pool) };
   const workloads: Record<string, Record<string, unknown>> = {};
-  for (const r of counts.rows) {
-    const w = (workloads[r.workload] ??= { oldestDueSeconds: 0 });
-    w[r.state] = r.n;
-    if (r.oldest_due_s) w.oldestDueSeconds = Math.round(r.oldest_due_s);
+  for (const [name, queue] of Object.entries(queues)) {
+    const stats = await queue.stats();
+    workloads[name] = {
+      ...(await queue.countsByState()),
+      oldestDueSeconds: Math.round(stats.oldestDueAgeSeconds),
+    };
   }
   return {
     version: VERSION,

@@ -5,16 +5,12 @@ import type { App } from "../app.js";
 import { redactUrl } from "../logger.js";
 import { VERSION } from "../version.js";
 
-/** Rows per state of each work table; one query, only when someone asks for /status. */
+/** Rows per state of each work table; queried only when someone asks for /status. */
 async function countsByState(app: App): Promise<Record<string, Record<string, number>>> {
-  const { rows } = await app.pool.query<{ workload: string; state: string; n: number }>(
-    `SELECT 'uploads' AS workload, upload_state AS state, count(*)::int AS n FROM orders_inbox GROUP BY 2
-     UNION ALL
-     SELECT 'deliveries', state, count(*)::int FROM webhook_deliveries GROUP BY 2`,
+  const entries = await Promise.all(
+    app.reactor.workloads.map(async (w) => [w.name, await w.queue.countsByState()] as const),
   );
-  const out: Record<string, Record<string, number>> = {};
-  for (const r of rows) (out[r.workload] ??= {})[r.state] = r.n;
-  return out;
+  return Object.fromEntries(entries);
 }
 
 export async function buildStatus(app: App) {

@@ -107,6 +107,8 @@ export interface LeaseQueue<Row extends ClaimedRow> {
   /** Gives back every row this owner still holds (shutdown). Returns how many. */
   release(owner: string): Promise<number>;
   stats(): Promise<QueueStats>;
+  /** Rows per state (pending, done, failed…), for /status and the CLI. */
+  countsByState(): Promise<Record<string, number>>;
   /** The stats query as a SELECT, so the safety poll can ask every table in one round trip. */
   statsSql(label: string): string;
 }
@@ -246,6 +248,12 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
       return toStats(rows[0]);
     },
     statsSql,
+    async countsByState() {
+      const { rows } = await pool.query<{ state: string; n: number }>(
+        `SELECT ${state} AS state, count(*)::int AS n FROM ${t} GROUP BY 1`,
+      );
+      return Object.fromEntries(rows.map((r) => [r.state, r.n]));
+    },
   };
 }
 
