@@ -2,7 +2,7 @@
 // (BENCH_DATABASE_URL, or embedded Postgres). Prints a table; writes the same numbers
 // with machine, Node and Postgres versions to bench/results/<date>.json.
 import { randomBytes } from "node:crypto";
-import { chmod, mkdir, writeFile } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import { cpus, tmpdir, totalmem } from "node:os";
 import path from "node:path";
 import pg from "pg";
@@ -35,8 +35,6 @@ async function main() {
   let stopEmbedded: () => Promise<unknown> = async () => undefined;
   if (!adminUrl) {
     const dir = path.join(tmpdir(), `pg-reactor-bench-${randomBytes(4).toString("hex")}`);
-    await mkdir(dir, { recursive: true });
-    await chmod(dir, 0o755);
     const e = await startEmbeddedPostgres({ dir, persistent: false, database: "postgres" });
     adminUrl = e.url;
     stopEmbedded = e.stop;

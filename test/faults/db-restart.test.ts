@@ -1,7 +1,7 @@
 // Scenario 2: the database server restarts in the middle of a burst. The reactor must
 // recover on its own: readiness 503 while down, 200 after; nothing lost; no row left
 // locked after its lease.
-import { chmod, mkdir, rm } from "node:fs/promises";
+import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import pg from "pg";
@@ -17,8 +17,6 @@ import { reactorConnections, report, scale } from "./scale.js";
 describe("fault: database restart mid-burst", () => {
   it("recovers without a restart of its own and loses nothing", async () => {
     const dir = path.join(tmpdir(), `pg-reactor-restart-${process.pid}-${Date.now()}`);
-    await mkdir(dir, { recursive: true });
-    await chmod(dir, 0o755);
     let server = await startEmbeddedPostgres({ dir, persistent: true, database: "restart" });
     await migrate(server.url);
     const fake = await startFakeShipStation();

@@ -2,7 +2,7 @@
 // 1. TEST_DATABASE_URL; 2. testcontainers, when a Docker engine answers; 3. embedded
 // Postgres. Then migrates a template database that each test file clones.
 import { randomBytes } from "node:crypto";
-import { chmod, mkdir, rm } from "node:fs/promises";
+import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import pg from "pg";
@@ -53,10 +53,7 @@ export default async function setup(project: TestProject) {
       serverKind = "testcontainers";
       stop = container.stop;
     } else {
-      // mkdtemp makes 0700 folders the 'postgres' user (used when we are root) cannot enter.
       const dir = path.join(tmpdir(), `pg-reactor-test-${randomBytes(4).toString("hex")}`);
-      await mkdir(dir, { recursive: true });
-      await chmod(dir, 0o755);
       const embedded = await startEmbeddedPostgres({
         dir,
         persistent: false,
