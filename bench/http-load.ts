@@ -4,7 +4,7 @@ import autocannon from "autocannon";
 import pg from "pg";
 import { startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { sampleOrderPayload } from "../src/demo/sample-order.js";
-import { startStatusServer } from "../src/http/server.js";
+import { serverUrl, startStatusServer } from "../src/http/server.js";
 import { startReactor } from "../test/helpers/reactor.js";
 import { freshDatabase, until } from "./lib.js";
 
@@ -33,8 +33,7 @@ async function main() {
   );
   const app = await startReactor({ databaseUrl: url, shipstationUrl: fake.url });
   const server = await startStatusServer(app, app.logger);
-  const a = server.server.address();
-  const base = `http://127.0.0.1:${typeof a === "object" && a ? a.port : 0}`;
+  const base = serverUrl(server);
   const payload = JSON.stringify(sampleOrderPayload());
 
   const drain = async () => {

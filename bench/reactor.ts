@@ -2,7 +2,6 @@
 // fake, webhook receiver) with 1 and 2 replicas, idle cost and config propagation.
 import pg from "pg";
 import type { App } from "../src/app.js";
-import { makeDeliveriesQueue } from "../src/deliveries/queue.js";
 import { startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { newSecret, startReceiver } from "../src/demo/receiver.js";
 import { sampleOrderPayload } from "../src/demo/sample-order.js";
@@ -29,48 +28,65 @@ async function withSettings(url: string, settings: Record<string, string>) {
   await c.end();
 }
 
-export async function uploadPickup(
-  adminUrl: string,
-  samples: number,
-): Promise<{ handler: Summary; target: Summary }> {
-  const url = await freshDatabase(adminUrl);
-  await withSettings(url, { upload_rate_limit_per_minute: "100000" });
-  const fake = await startFakeShipStation();
+type Pickup = { handler: Summary; target: Summary };
+
+/** A reactor that records which row ids its drainers claimed (the handler-start signal). */
+async function startRecordingReactor(url: string, shipstationUrl?: string) {
   const claimed = new Set<number>();
   const app = await startReactor({
     databaseUrl: url,
-    shipstationUrl: fake.url,
+    shipstationUrl,
     onDrainerEvent: (e) => {
       if (e.type === "claimed") for (const id of e.ids) claimed.add(id);
     },
   });
-  const db = new pg.Client({ connectionString: url });
-  await db.connect();
+  return { app, claimed };
+}
+
+/**
+ * Sequential samples: `insert` commits one row and says which row id the reactor will
+ * claim and when the target has it; times are from just before the INSERT is sent.
+ */
+async function measurePickup(
+  samples: number,
+  claimed: Set<number>,
+  insert: (i: number) => Promise<{ rowId: number; arrived: () => boolean }>,
+): Promise<Pickup> {
   const handler: number[] = [];
   const target: number[] = [];
   for (let i = 0; i < samples; i++) {
-    const key = `lat-${i}`;
     const t0 = performance.now();
+    const { rowId, arrived } = await insert(i);
+    await until(() => claimed.has(rowId));
+    handler.push(performance.now() - t0);
+    await until(arrived);
+    target.push(performance.now() - t0);
+  }
+  return { handler: summary(handler), target: summary(target) };
+}
+
+export async function uploadPickup(adminUrl: string, samples: number): Promise<Pickup> {
+  const url = await freshDatabase(adminUrl);
+  await withSettings(url, { upload_rate_limit_per_minute: "100000" });
+  const fake = await startFakeShipStation();
+  const { app, claimed } = await startRecordingReactor(url, fake.url);
+  const db = new pg.Client({ connectionString: url });
+  await db.connect();
+  const result = await measurePickup(samples, claimed, async (i) => {
+    const key = `lat-${i}`;
     const { rows } = await db.query(
       "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ($1, $1, $2) RETURNING id",
       [key, PAYLOAD],
     );
-    const id = Number(rows[0].id);
-    await until(() => claimed.has(id));
-    handler.push(performance.now() - t0);
-    await until(() => fake.received.has(key));
-    target.push(performance.now() - t0);
-  }
+    return { rowId: Number(rows[0].id), arrived: () => fake.received.has(key) };
+  });
   await app.stop(1_000);
   await db.end();
   await fake.close();
-  return { handler: summary(handler), target: summary(target) };
+  return result;
 }
 
-export async function deliveryPickup(
-  adminUrl: string,
-  samples: number,
-): Promise<{ handler: Summary; target: Summary }> {
+export async function deliveryPickup(adminUrl: string, samples: number): Promise<Pickup> {
   const url = await freshDatabase(adminUrl);
   const receiver = await startReceiver();
   const db = new pg.Client({ connectionString: url });
@@ -79,35 +95,21 @@ export async function deliveryPickup(
     `${receiver.url}/hook`,
     newSecret(),
   ]);
-  const claimed = new Set<number>();
-  const app = await startReactor({
-    databaseUrl: url,
-    onDrainerEvent: (e) => {
-      if (e.type === "claimed") for (const id of e.ids) claimed.add(id);
-    },
-  });
-  const handler: number[] = [];
-  const target: number[] = [];
-  for (let i = 0; i < samples; i++) {
-    const t0 = performance.now();
+  const { app, claimed } = await startRecordingReactor(url);
+  const result = await measurePickup(samples, claimed, async (i) => {
     const { rows } = await db.query(
-      `WITH e AS (INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload)
-         VALUES ('o', $1, 'order.created', '{}') RETURNING id)
-       SELECT e.id FROM e`,
+      "INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload) VALUES ('o', $1, 'order.created', '{}') RETURNING id",
       [String(i)],
     );
     const eventId = rows[0].id;
+    // The trigger made the delivery row in the same transaction; the claim is on its id.
     const d = await db.query("SELECT id FROM webhook_deliveries WHERE event_id = $1", [eventId]);
-    const deliveryId = Number(d.rows[0].id);
-    await until(() => claimed.has(deliveryId));
-    handler.push(performance.now() - t0);
-    await until(() => receiver.delivered.has(eventId));
-    target.push(performance.now() - t0);
-  }
+    return { rowId: Number(d.rows[0].id), arrived: () => receiver.delivered.has(eventId) };
+  });
   await app.stop(1_000);
   await db.end();
   await receiver.close();
-  return { handler: summary(handler), target: summary(target) };
+  return result;
 }
 
 /** A reactor whose only workload finalizes every claimed order as success at once. */
@@ -242,7 +244,6 @@ export async function deliveriesDrain(adminUrl: string, events: number, replicas
   await db.end();
   await Promise.all(apps.map((a) => a.stop(1_000)));
   await receiver.close();
-  void makeDeliveriesQueue;
   return {
     events,
     replicas,

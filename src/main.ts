@@ -5,7 +5,7 @@ import { makeApp } from "./app.js";
 import { EnvError, loadEnv } from "./config/env.js";
 import { resolveDatabase } from "./db/connect.js";
 import { migrate } from "./db/migrate.js";
-import { startStatusServer } from "./http/server.js";
+import { serverUrl, startStatusServer } from "./http/server.js";
 import { makeLogger, redactUrl } from "./logger.js";
 import { exponentialBackoff, sleep } from "./reactor/backoff.js";
 import { VERSION } from "./version.js";
@@ -63,13 +63,11 @@ async function main() {
     await embedded?.stop();
     process.exit(1);
   }
-  const address = server.server.address();
-  const port = typeof address === "object" && address ? address.port : env.httpPort;
   logger.info(
     {
       version: VERSION,
       instanceId: env.instanceId,
-      http: `http://${env.httpHost}:${port}`,
+      http: serverUrl(server),
       database: redactUrl(url),
     },
     "pg-reactor ready",

@@ -15,9 +15,10 @@ import {
   insertOrders,
   setSetting,
   type TestDatabase,
+  terminateListener,
   waitFor,
 } from "./helpers/db.js";
-import { startReactor } from "./helpers/reactor.js";
+import { metricTotal, startReactor } from "./helpers/reactor.js";
 
 /** A valid value different from each key's default. */
 const CHANGED: Record<SettingName, string> = {
@@ -34,9 +35,6 @@ const CHANGED: Record<SettingName, string> = {
   retention_days: "30",
   log_level: "DEBUG",
 };
-
-const sum = async (app: App, metric: "configReloads") =>
-  (await app.metrics[metric].get()).values.reduce((s, v) => s + v.value, 0);
 
 describe("live configuration", () => {
   let db: TestDatabase;
@@ -230,7 +228,7 @@ describe("live configuration", () => {
     apps.push(app);
     // The bad values are refused, counted, and the defaults (last good values) stay.
     expect(app.settings.current.poll_interval_seconds).toBe(30);
-    expect((await app.metrics.configRejected.get()).values[0]?.value).toBe(2);
+    expect(await metricTotal(app.metrics.configRejected)).toBe(2);
     // A good value is taken; a later bad one keeps that good value, not the default.
     await db.pool.query(
       "UPDATE configuration_params SET value = '45' WHERE parameter_name = 'poll_interval_seconds'",
@@ -243,9 +241,7 @@ describe("live configuration", () => {
       "UPDATE configuration_params SET value = '-1' WHERE parameter_name = 'poll_interval_seconds'",
     );
     await db.pool.query("ALTER TABLE configuration_params ENABLE TRIGGER reactor_validate_setting");
-    await waitFor(
-      async () => ((await app.metrics.configRejected.get()).values[0]?.value ?? 0) >= 3,
-    );
+    await waitFor(async () => (await metricTotal(app.metrics.configRejected)) >= 3);
     expect(app.settings.current.poll_interval_seconds).toBe(45);
   });
 
@@ -271,7 +267,7 @@ describe("live configuration", () => {
     apps.push(app);
     await setSetting(db.pool, "retention_days", "1");
     await waitFor(() => app.settings.current.retention_days === 1);
-    const before = await sum(app, "configReloads");
+    const before = await metricTotal(app.metrics.configReloads);
     const client = new pg.Client({ connectionString: db.url });
     await client.connect();
     for (let i = 2; i <= 101; i++) {
@@ -282,7 +278,7 @@ describe("live configuration", () => {
     }
     await client.end();
     await waitFor(() => app.settings.current.retention_days === 101, { what: "the last value" });
-    const reloads = (await sum(app, "configReloads")) - before;
+    const reloads = (await metricTotal(app.metrics.configReloads)) - before;
     expect(reloads).toBeGreaterThan(0);
     expect(reloads).toBeLessThanOrEqual(30);
   });
@@ -295,11 +291,7 @@ describe("live configuration", () => {
     try {
       await client.query("BEGIN");
       // Waits until the listener's backend is gone, so this commit's NOTIFY reaches nobody.
-      const { rows } = await client.query(
-        `SELECT pg_terminate_backend(pid, 5000) AS ok FROM pg_stat_activity
-         WHERE application_name = 'pg-reactor listener' AND datname = current_database()`,
-      );
-      expect(rows).toEqual([{ ok: true }]);
+      expect(await terminateListener(client, 5000)).toEqual([{ ok: true }]);
       await client.query(
         "UPDATE configuration_params SET value = '2' WHERE category = 'reactor' AND parameter_name = 'poll_interval_seconds'",
       );

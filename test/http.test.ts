@@ -1,8 +1,6 @@
-import { execFile } from "node:child_process";
 import { rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { promisify } from "node:util";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
@@ -10,7 +8,7 @@ import { startEmbeddedPostgres } from "../src/db/embedded.js";
 import { migrate } from "../src/db/migrate.js";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { newSecret, type Receiver, startReceiver } from "../src/demo/receiver.js";
-import { startStatusServer } from "../src/http/server.js";
+import { serverUrl, startStatusServer } from "../src/http/server.js";
 import {
   createTestDatabase,
   insertOrders,
@@ -19,18 +17,11 @@ import {
   validPayload,
   waitFor,
 } from "./helpers/db.js";
+import { hasPromtool, run } from "./helpers/promtool.js";
 import { startReactor } from "./helpers/reactor.js";
 
-const run = promisify(execFile);
 const ADMIN_TOKEN = "test-admin-token-0123456789";
 const SHIPSTATION_SECRET = "shipstation-secret-value-xyz";
-
-async function hasPromtool(): Promise<boolean> {
-  return run("promtool", ["--version"]).then(
-    () => true,
-    () => false,
-  );
-}
 
 describe("status server", () => {
   let db: TestDatabase;
@@ -65,8 +56,7 @@ describe("status server", () => {
       logLines,
     });
     server = await startStatusServer(app, app.logger);
-    const address = server.server.address();
-    base = `http://127.0.0.1:${typeof address === "object" && address ? address.port : 0}`;
+    base = serverUrl(server);
   });
   afterAll(async () => {
     await server.close();
@@ -299,8 +289,6 @@ describe("status server", () => {
     });
     const s = await startStatusServer(strict, strict.logger);
     try {
-      const address = s.server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
       for (const url of [
         "http://127.0.0.1/x",
         "http://localhost/x",
@@ -308,7 +296,7 @@ describe("status server", () => {
         "http://169.254.169.254/latest",
         "http://[::1]/x",
       ]) {
-        const res = await fetch(`http://127.0.0.1:${port}/admin/subscriptions`, {
+        const res = await fetch(`${serverUrl(s)}/admin/subscriptions`, {
           method: "POST",
           headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
           body: JSON.stringify({ url }),
@@ -387,9 +375,7 @@ describe("status server without ADMIN_TOKEN", () => {
     const app = await startReactor({ databaseUrl: db.url });
     const server = await startStatusServer(app, app.logger);
     try {
-      const address = server.server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      const res = await fetch(`http://127.0.0.1:${port}/admin/subscriptions`, {
+      const res = await fetch(`${serverUrl(server)}/admin/subscriptions`, {
         headers: { authorization: "Bearer x" },
       });
       expect(res.status).toBe(404);
@@ -408,8 +394,7 @@ describe("readiness follows the database", () => {
     await migrate(pg.url);
     const app = await startReactor({ databaseUrl: pg.url });
     const server = await startStatusServer(app, app.logger);
-    const address = server.server.address();
-    const url = `http://127.0.0.1:${typeof address === "object" && address ? address.port : 0}/health/ready`;
+    const url = `${serverUrl(server)}/health/ready`;
     try {
       expect((await fetch(url)).status).toBe(200);
       await pg.stop();

@@ -1,23 +1,14 @@
-import { execFile } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { ENV_DOCS } from "../src/config/env.js";
 import { renderEnvTable } from "../src/gen-sql.js";
 import { createTestDatabase, insertOrders, type TestDatabase } from "./helpers/db.js";
+import { hasPromtool, run } from "./helpers/promtool.js";
 
-const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const read = (p: string) => readFile(new URL(`../${p}`, import.meta.url), "utf8");
-
-async function hasPromtool(): Promise<boolean> {
-  return run("promtool", ["--version"]).then(
-    () => true,
-    () => false,
-  );
-}
 
 describe("packaging", () => {
   it("docker-compose.yml: postgres with a healthcheck and a volume, reactor with every documented variable, a demo profile", async () => {

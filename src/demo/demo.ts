@@ -10,7 +10,7 @@ import { makeApp } from "../app.js";
 import { loadEnv } from "../config/env.js";
 import { startEmbeddedPostgres } from "../db/embedded.js";
 import { migrate } from "../db/migrate.js";
-import { startStatusServer } from "../http/server.js";
+import { serverUrl, startStatusServer } from "../http/server.js";
 import { makeLogger } from "../logger.js";
 import { startFakeShipStation } from "./fake-shipstation.js";
 import { newSecret, startReceiver } from "./receiver.js";
@@ -63,8 +63,7 @@ async function main() {
     });
     await app.start();
     const server = await startStatusServer(app, app.logger);
-    const address = server.server.address();
-    const base = `http://127.0.0.1:${typeof address === "object" && address ? address.port : 0}`;
+    const base = serverUrl(server);
     say(`2. reactor running; status server at ${base}`);
 
     const sql = new pg.Client({ connectionString: db.url });

@@ -77,6 +77,15 @@ export async function buildStatusServer(app: App, logger: Logger): Promise<Fasti
   return server;
 }
 
+/** The base URL a listening server answers on (HTTP_PORT=0 picks the port). */
+export function serverUrl(server: FastifyInstance): string {
+  const address = server.server.address();
+  if (!address || typeof address === "string")
+    throw new Error("the status server is not listening");
+  const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
+  return `http://${host}:${address.port}`;
+}
+
 export async function startStatusServer(app: App, logger: Logger): Promise<FastifyInstance> {
   const server = await buildStatusServer(app, logger);
   await server.listen({ host: app.env.httpHost, port: app.env.httpPort });

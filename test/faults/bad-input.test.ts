@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../../src/app.js";
 import { type FakeShipStation, startFakeShipStation } from "../../src/demo/fake-shipstation.js";
 import { newSecret, type Receiver, startReceiver } from "../../src/demo/receiver.js";
-import { startStatusServer } from "../../src/http/server.js";
+import { serverUrl, startStatusServer } from "../../src/http/server.js";
 import {
   createTestDatabase,
   setSetting,
@@ -13,7 +13,7 @@ import {
   validPayload,
   waitFor,
 } from "../helpers/db.js";
-import { startReactor } from "../helpers/reactor.js";
+import { metricTotal, startReactor } from "../helpers/reactor.js";
 import { report } from "./scale.js";
 
 const TOKEN = "fault-admin-token-0123456789";
@@ -38,8 +38,7 @@ describe("fault: bad-input corpus", () => {
       env: { ADMIN_TOKEN: TOKEN },
     });
     server = await startStatusServer(app, app.logger);
-    const a = server.server.address();
-    base = `http://127.0.0.1:${typeof a === "object" && a ? a.port : 0}`;
+    base = serverUrl(server);
   });
   afterAll(async () => {
     await server.close();
@@ -144,18 +143,13 @@ describe("fault: bad-input corpus", () => {
   });
 
   it("garbage and oversized NOTIFY payloads are counted and change nothing; work still flows", async () => {
-    const rejectedBefore = (await app.metrics.notificationsRejected.get()).values.reduce(
-      (s, v) => s + v.value,
-      0,
-    );
+    const rejectedBefore = await metricTotal(app.metrics.notificationsRejected);
     await db.pool.query("SELECT pg_notify('reactor_orders', 'garbage')");
     await db.pool.query("SELECT pg_notify('reactor_deliveries', $1)", ["{".repeat(7_999)]);
     await db.pool.query("SELECT pg_notify('reactor_config', '[1,2,3]')");
     await db.pool.query("SELECT pg_notify('reactor_orders', '')");
     await waitFor(
-      async () =>
-        (await app.metrics.notificationsRejected.get()).values.reduce((s, v) => s + v.value, 0) >=
-        rejectedBefore + 4,
+      async () => (await metricTotal(app.metrics.notificationsRejected)) >= rejectedBefore + 4,
     );
     await db.pool.query(
       "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('A-1', 'after-garbage', $1)",

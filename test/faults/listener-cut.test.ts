@@ -9,6 +9,7 @@ import {
   insertOrders,
   setSetting,
   type TestDatabase,
+  terminateListener,
   waitFor,
 } from "../helpers/db.js";
 import { startReactor } from "../helpers/reactor.js";
@@ -53,11 +54,7 @@ describe("fault: listener cut", () => {
       const client = await db.pool.connect();
       try {
         // Waits until the backend is gone, so the next commit's NOTIFY reaches no one.
-        const { rows } = await client.query(
-          `SELECT pg_terminate_backend(pid, 5000) AS ok FROM pg_stat_activity
-           WHERE application_name = 'pg-reactor listener' AND datname = current_database()`,
-        );
-        expect(rows).toEqual([{ ok: true }]);
+        expect(await terminateListener(client, 5000)).toEqual([{ ok: true }]);
         const t0 = Date.now();
         const [id] = await insertOrders(client, 1, { prefix: `cut${i}` });
         await waitFor(() => fake.received.has(String(id)), {

@@ -106,3 +106,16 @@ export async function setSetting(pool: pg.Pool, name: string, value: string) {
     [name, value],
   );
 }
+
+/**
+ * Terminates the reactor's LISTEN backend in this client's database. With waitMs > 0 it
+ * returns only once the backend is gone, so a NOTIFY committed next reaches no one.
+ */
+export async function terminateListener(client: pg.Pool | pg.PoolClient, waitMs = 0) {
+  const { rows } = await client.query(
+    `SELECT pg_terminate_backend(pid, $1::bigint) AS ok FROM pg_stat_activity
+     WHERE application_name = 'pg-reactor listener' AND datname = current_database()`,
+    [waitMs],
+  );
+  return rows as Array<{ ok: boolean }>;
+}

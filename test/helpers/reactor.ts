@@ -37,3 +37,10 @@ export async function startReactor(options: StartOptions): Promise<App> {
   await app.start();
   return app;
 }
+
+/** The sum of a metric over all its label sets, as a scrape would add it up. */
+export async function metricTotal(metric: {
+  get(): Promise<{ values: Array<{ value: number }> }>;
+}): Promise<number> {
+  return (await metric.get()).values.reduce((sum, v) => sum + v.value, 0);
+}
