@@ -31,7 +31,7 @@ export async function buildStatus(app: App) {
       backlog: d?.lastStats?.backlog ?? null,
       oldestPendingAgeSeconds: d?.lastStats?.oldestDueAgeSeconds ?? null,
       nextDueAt: d?.lastStats?.nextDueAt ?? null,
-      pendingDue: d?.lastStats ? d.lastStats.backlog : null,
+      pendingDue: d?.lastStats?.due ?? null,
       failed: counts?.[workload.name]?.failed ?? (counts ? 0 : null),
       countsByState: counts?.[workload.name] ?? null,
       inFlight: d?.inFlightRows ?? 0,

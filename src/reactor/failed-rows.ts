@@ -39,7 +39,7 @@ export function makeFailedRows(
   const failed = `'${spec.states.failed}'`;
   const pending = `'${spec.states.pending}'`;
 
-  /** Builds `AND …` conditions with numbered parameters starting after `offset`. */
+  /** Builds `AND …` conditions, appending their values to `params` ($1, $2, … in order). */
   function where(filter: FailedFilter, params: unknown[]): string {
     const parts: string[] = [];
     const add = (sqlText: string, value: unknown) => {

@@ -92,6 +92,8 @@ export interface ClaimedRow {
 export interface QueueStats {
   /** Pending rows, due now or scheduled. */
   backlog: number;
+  /** Pending rows due now (not waiting for a retry time). */
+  due: number;
   /** Age in seconds of the oldest row that is due now and not leased, or 0. */
   oldestDueAgeSeconds: number;
   /** When the next pending row becomes claimable (due and lease free), or null if none. */
@@ -188,6 +190,7 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
   const statsSql = (label: string) => `
     SELECT '${label}'::text AS workload,
       count(*)::int AS backlog,
+      (count(*) FILTER (WHERE next_attempt_at <= now()))::int AS due,
       coalesce(extract(epoch FROM now() - min(next_attempt_at)
         FILTER (WHERE next_attempt_at <= now() AND (locked_until IS NULL OR locked_until < now()))), 0)::float8
         AS oldest_due_age,
@@ -261,6 +264,7 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
 export function toStats(row: Record<string, unknown> | undefined): QueueStats {
   return {
     backlog: Number(row?.backlog ?? 0),
+    due: Number(row?.due ?? 0),
     oldestDueAgeSeconds: Number(row?.oldest_due_age ?? 0),
     nextDueAt: row?.next_due_at ? new Date(row.next_due_at as string) : null,
   };
