@@ -11,7 +11,7 @@ import { makeReactor } from "../src/reactor/reactor.js";
 import { makeLiveSettings } from "../src/reactor/settings.js";
 import type { Workload } from "../src/reactor/workload.js";
 import { makeOrdersQueue } from "../src/uploads/queue.js";
-import { startReactor } from "../test/helpers/reactor.js";
+import { startReactor, startReplicas } from "../test/helpers/reactor.js";
 import { freshDatabase, idlePerHour, type Summary, summary, until } from "./lib.js";
 
 const PAYLOAD = JSON.stringify(sampleOrderPayload());
@@ -187,38 +187,35 @@ export async function noopDrain(adminUrl: string, orders: number, replicas: numb
   };
 }
 
+/** Seconds from `start` (an INSERT of the whole backlog) until `done` holds. */
+async function timeDrain(start: () => Promise<unknown>, done: () => boolean, items: number) {
+  const t0 = performance.now();
+  await start();
+  await until(done, 600_000);
+  const seconds = (performance.now() - t0) / 1000;
+  return { seconds: Number(seconds.toFixed(2)), perSecond: Math.round(items / seconds) };
+}
+
 export async function shipstationDrain(adminUrl: string, orders: number, replicas: number) {
   const url = await freshDatabase(adminUrl);
   await withSettings(url, { upload_rate_limit_per_minute: "100000" });
   const fake = await startFakeShipStation();
-  const apps: App[] = [];
-  for (let r = 0; r < replicas; r++)
-    apps.push(
-      await startReactor({
-        databaseUrl: url,
-        shipstationUrl: fake.url,
-        env: { INSTANCE_ID: `r${r}` },
-      }),
-    );
+  const apps = await startReplicas(replicas, { databaseUrl: url, shipstationUrl: fake.url });
   const db = new pg.Client({ connectionString: url });
   await db.connect();
-  const t0 = performance.now();
-  await db.query(
-    "INSERT INTO orders_inbox (order_number, payload) SELECT 's-' || g, $1::jsonb FROM generate_series(1, $2::int) g",
-    [PAYLOAD, orders],
+  const timing = await timeDrain(
+    () =>
+      db.query(
+        "INSERT INTO orders_inbox (order_number, payload) SELECT 's-' || g, $1::jsonb FROM generate_series(1, $2::int) g",
+        [PAYLOAD, orders],
+      ),
+    () => fake.received.size >= orders,
+    orders,
   );
-  await until(() => fake.received.size >= orders, 600_000);
-  const seconds = (performance.now() - t0) / 1000;
   await db.end();
   await Promise.all(apps.map((a) => a.stop(1_000)));
   await fake.close();
-  return {
-    orders,
-    replicas,
-    seconds: Number(seconds.toFixed(2)),
-    perSecond: Math.round(orders / seconds),
-    calls: fake.calls.length,
-  };
+  return { orders, replicas, ...timing, calls: fake.calls.length };
 }
 
 export async function deliveriesDrain(adminUrl: string, events: number, replicas: number) {
@@ -230,26 +227,21 @@ export async function deliveriesDrain(adminUrl: string, events: number, replicas
     `${receiver.url}/hook`,
     newSecret(),
   ]);
-  const apps: App[] = [];
-  for (let r = 0; r < replicas; r++)
-    apps.push(await startReactor({ databaseUrl: url, env: { INSTANCE_ID: `r${r}` } }));
-  const t0 = performance.now();
-  await db.query(
-    `INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload)
-     SELECT 'o', g::text, 'order.created', '{}' FROM generate_series(1, $1::int) g`,
-    [events],
+  const apps = await startReplicas(replicas, { databaseUrl: url });
+  const timing = await timeDrain(
+    () =>
+      db.query(
+        `INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload)
+         SELECT 'o', g::text, 'order.created', '{}' FROM generate_series(1, $1::int) g`,
+        [events],
+      ),
+    () => receiver.delivered.size >= events,
+    events,
   );
-  await until(() => receiver.delivered.size >= events, 600_000);
-  const seconds = (performance.now() - t0) / 1000;
   await db.end();
   await Promise.all(apps.map((a) => a.stop(1_000)));
   await receiver.close();
-  return {
-    events,
-    replicas,
-    seconds: Number(seconds.toFixed(2)),
-    perSecond: Math.round(events / seconds),
-  };
+  return { events, replicas, ...timing };
 }
 
 export async function reactorIdle(adminUrl: string, seconds: number) {
@@ -263,8 +255,7 @@ export async function reactorIdle(adminUrl: string, seconds: number) {
 export async function configPropagation(adminUrl: string, changes: number): Promise<Summary> {
   const url = await freshDatabase(adminUrl);
   await withSettings(url, { retention_days: "1" });
-  const a = await startReactor({ databaseUrl: url, env: { INSTANCE_ID: "a" } });
-  const b = await startReactor({ databaseUrl: url, env: { INSTANCE_ID: "b" } });
+  const [a, b] = (await startReplicas(2, { databaseUrl: url })) as [App, App];
   const db = new pg.Client({ connectionString: url });
   await db.connect();
   const lat: number[] = [];

@@ -18,7 +18,7 @@ import {
   terminateListener,
   waitFor,
 } from "./helpers/db.js";
-import { metricTotal, startReactor } from "./helpers/reactor.js";
+import { metricTotal, startReactor, startReplicas } from "./helpers/reactor.js";
 
 /** A valid value different from each key's default. */
 const CHANGED: Record<SettingName, string> = {
@@ -67,16 +67,10 @@ describe("live configuration", () => {
   });
 
   it("every key takes effect on two running reactors without a restart, typed in /status", async () => {
-    const a = await startReactor({
-      databaseUrl: db.url,
-      shipstationUrl: fake.url,
-      env: { INSTANCE_ID: "a" },
-    });
-    const b = await startReactor({
-      databaseUrl: db.url,
-      shipstationUrl: fake.url,
-      env: { INSTANCE_ID: "b" },
-    });
+    const [a, b] = (await startReplicas(2, { databaseUrl: db.url, shipstationUrl: fake.url })) as [
+      App,
+      App,
+    ];
     apps.push(a, b);
     for (const [name, value] of Object.entries(CHANGED)) await setSetting(db.pool, name, value);
     const expected = {

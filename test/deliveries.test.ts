@@ -6,7 +6,7 @@ import { applyRetention } from "../src/deliveries/maintenance.js";
 import { makeDeliveriesQueue } from "../src/deliveries/queue.js";
 import { newSecret, type Receiver, startReceiver } from "../src/demo/receiver.js";
 import { createTestDatabase, setSetting, type TestDatabase, waitFor } from "./helpers/db.js";
-import { startReactor } from "./helpers/reactor.js";
+import { startReactor, startReplicas } from "./helpers/reactor.js";
 
 async function subscribe(
   pool: pg.Pool,
@@ -329,8 +329,7 @@ describe("outbox → webhook deliveries", () => {
   it("two reactors deliver each (event, subscription) exactly once", async () => {
     await subscribe(db.pool, `${receiver.url}/one`);
     await subscribe(db.pool, `${receiver.url}/two`);
-    const a = await startReactor({ databaseUrl: db.url, env: { INSTANCE_ID: "a" } });
-    const b = await startReactor({ databaseUrl: db.url, env: { INSTANCE_ID: "b" } });
+    const [a, b] = (await startReplicas(2, { databaseUrl: db.url })) as [App, App];
     try {
       for (let i = 0; i < 15; i++) {
         await db.pool.query(

@@ -10,7 +10,7 @@ import {
   terminateListener,
   waitFor,
 } from "./helpers/db.js";
-import { metricTotal, startReactor } from "./helpers/reactor.js";
+import { metricTotal, startReactor, startReplicas } from "./helpers/reactor.js";
 
 describe("resilience of the core reactor", () => {
   let db: TestDatabase;
@@ -100,16 +100,10 @@ describe("resilience of the core reactor", () => {
     fake.received.clear();
     fake.calls.length = 0;
     await setSetting(db.pool, "upload_batch_size", "10");
-    const a = await startReactor({
-      databaseUrl: db.url,
-      shipstationUrl: fake.url,
-      env: { INSTANCE_ID: "a" },
-    });
-    const b = await startReactor({
-      databaseUrl: db.url,
-      shipstationUrl: fake.url,
-      env: { INSTANCE_ID: "b" },
-    });
+    const [a, b] = (await startReplicas(2, { databaseUrl: db.url, shipstationUrl: fake.url })) as [
+      App,
+      App,
+    ];
     apps.push(a, b);
     for (let i = 0; i < 20; i++) await insertOrders(db.pool, 25, { prefix: `r${i}` });
     await waitFor(() => fake.received.size === 500, { timeoutMs: 30_000, what: "500 orders" });

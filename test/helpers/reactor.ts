@@ -44,3 +44,13 @@ export async function metricTotal(metric: {
 }): Promise<number> {
   return (await metric.get()).values.reduce((sum, v) => sum + v.value, 0);
 }
+
+/** Replicas on one database, named a, b, c… (INSTANCE_ID), started one after another. */
+export async function startReplicas(count: number, options: StartOptions): Promise<App[]> {
+  const apps: App[] = [];
+  for (let i = 0; i < count; i++) {
+    const name = String.fromCharCode(97 + i);
+    apps.push(await startReactor({ ...options, env: { ...options.env, INSTANCE_ID: name } }));
+  }
+  return apps;
+}
