@@ -1,7 +1,7 @@
 // The yardsticks measured in the same run: the physical limit (a raw NOTIFY from an
 // AFTER INSERT trigger to a LISTEN session) and graphile-worker with its documented
 // fast settings (LISTEN/NOTIFY for latency; localQueue + batched completion for drains).
-import { Logger, run, runMigrations } from "graphile-worker";
+import { Logger, run } from "graphile-worker";
 import pg from "pg";
 import { freshDatabase, idlePerHour, type Summary, sleep, summary, until } from "./lib.js";
 

@@ -7,7 +7,7 @@ import type { App } from "../src/app.js";
 import { startEmbeddedPostgres } from "../src/db/embedded.js";
 import { migrate } from "../src/db/migrate.js";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
-import { newSecret, type Receiver, startReceiver } from "../src/demo/receiver.js";
+import { type Receiver, startReceiver } from "../src/demo/receiver.js";
 import { serverUrl, startStatusServer } from "../src/http/server.js";
 import {
   createTestDatabase,
