@@ -115,7 +115,7 @@ export async function deliveryPickup(adminUrl: string, samples: number): Promise
 /** A reactor whose only workload finalizes every claimed order as success at once. */
 async function startNoopReactor(url: string, name: string, onDone: (n: number) => void) {
   const logger = makeLogger("silent");
-  const metrics = makeMetrics({ defaultMetrics: false });
+  const metrics = makeMetrics();
   const pool = new pg.Pool({ connectionString: url, max: 10, application_name: "pg-reactor" });
   const settings = makeLiveSettings(pool, logger, metrics);
   const workload: Workload = {

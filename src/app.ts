@@ -39,8 +39,6 @@ export interface AppOptions {
   logger: Logger;
   listenerCheckIntervalMs?: number;
   onDrainerEvent?: (event: DrainerEvent) => void;
-  /** Tests run several apps in one process; only one may own the default metrics. */
-  defaultMetrics?: boolean;
 }
 
 /** How long in-flight work may take to finish on shutdown before leases are released. */
@@ -48,7 +46,7 @@ export const SHUTDOWN_GRACE_MS = 20_000;
 
 export function makeApp(options: AppOptions): App {
   const { env, logger } = options;
-  const metrics = makeMetrics({ defaultMetrics: options.defaultMetrics });
+  const metrics = makeMetrics();
   const pool = makePool(options.databaseUrl, logger);
   const settings = makeLiveSettings(pool, logger, metrics);
   settings.onChange((changes) => {

@@ -8,9 +8,9 @@ const LATENCY_BUCKETS = [
   30, 60,
 ];
 
-export function makeMetrics(options: { defaultMetrics?: boolean } = {}) {
+export function makeMetrics() {
   const registry = new Registry();
-  if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry });
+  collectDefaultMetrics({ register: registry });
   const registers = [registry];
   return {
     registry,

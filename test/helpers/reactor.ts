@@ -30,7 +30,6 @@ export async function startReactor(options: StartOptions): Promise<App> {
     logger: options.logLines
       ? makeLogger("debug", { write: (line: string) => void options.logLines?.push(line) })
       : makeLogger(process.env.TEST_LOG_LEVEL ?? "silent"),
-    defaultMetrics: false,
     listenerCheckIntervalMs: options.listenerCheckIntervalMs,
     onDrainerEvent: options.onDrainerEvent,
   });
