@@ -1,6 +1,8 @@
-// Prometheus metrics (DESIGN.md §4). Names are a contract with dashboards and alert
-// rules: base units, `_total` counters, labels bounded to workload/channel/outcome/reason.
+// Prometheus metrics (fixed names: docs/architecture.md). Names are a contract with
+// dashboards and alert rules (ops/alerts.yml): base units, `_total` counters, labels bounded
+// to workload/channel/outcome/reason/class.
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import type { WakeReason } from "./reactor/workload.js";
 
 /** Buckets from 100 µs to 60 s: pickup latency is sub-millisecond on the notify path. */
 const LATENCY_BUCKETS = [
@@ -8,9 +10,44 @@ const LATENCY_BUCKETS = [
   30, 60,
 ];
 
+/** The `outcome` values of reactor_completed_total (a deferred row is not counted). */
+export const COMPLETED_OUTCOMES = ["success", "retry", "failed", "cancelled"] as const;
+
+/** Every wake reason, as a record so that a new WakeReason fails to compile until listed. */
+const WAKE_REASON_SET: Record<WakeReason, true> = {
+  notify: true,
+  poll: true,
+  reconnect: true,
+  timer: true,
+  config: true,
+  start: true,
+  retry: true,
+};
+export const WAKE_REASONS = Object.keys(WAKE_REASON_SET) as WakeReason[];
+
+/** The `class` values of reactor_http_responses_total (statusClass in outbound/http.ts). */
+export const HTTP_CLASSES = ["2xx", "3xx", "4xx", "5xx", "error"] as const;
+
+/**
+ * The default process metrics, minus what Prometheus' own linter refuses. prom-client adds
+ * gauges named like counters (nodejs_active_handles_total, nodejs_active_requests_total,
+ * nodejs_active_resources_total); `promtool check metrics` rejects a `_total` suffix on
+ * anything but a counter. Each is the sum of its per-type gauge without the suffix
+ * (sum(nodejs_active_handles)), so nothing is lost by dropping them.
+ */
+function registerDefaultMetrics(registry: Registry) {
+  collectDefaultMetrics({ register: registry });
+  for (const metric of registry.getMetricsAsArray()) {
+    const { name } = metric as unknown as { name: string };
+    if (name.endsWith("_total") && !(metric instanceof Counter)) {
+      registry.removeSingleMetric(name);
+    }
+  }
+}
+
 export function makeMetrics() {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry });
+  registerDefaultMetrics(registry);
   const registers = [registry];
   return {
     registry,
@@ -38,7 +75,7 @@ export function makeMetrics() {
     }),
     wakeups: new Counter({
       name: "reactor_wakeups_total",
-      help: "Drain wake-ups, by workload and reason (notify, poll, reconnect, timer, config, start).",
+      help: "Drain wake-ups, by workload and reason (notify, poll, reconnect, timer, config, start, retry).",
       labelNames: ["workload", "reason"] as const,
       registers,
     }),
@@ -129,3 +166,37 @@ export function makeMetrics() {
 }
 
 export type Metrics = ReturnType<typeof makeMetrics>;
+
+/**
+ * Creates every labelled series at 0 for each label value, so that increase() and rate()
+ * see the first event: a series that first appears at 3 has, to Prometheus, not
+ * increased at all, and an alert on the first burst of failures would never fire.
+ * Idempotent (adds 0); call once the workloads and channels are known.
+ */
+export function primeMetrics(
+  metrics: Metrics,
+  labels: { workloads: readonly string[]; channels: readonly string[] },
+) {
+  for (const channel of labels.channels) {
+    metrics.notifications.inc({ channel }, 0);
+    metrics.notificationsRejected.inc({ channel }, 0);
+  }
+  for (const workload of labels.workloads) {
+    for (const reason of WAKE_REASONS) metrics.wakeups.inc({ workload, reason }, 0);
+    for (const outcome of COMPLETED_OUTCOMES) metrics.completed.inc({ workload, outcome }, 0);
+    for (const cls of HTTP_CLASSES) metrics.httpResponses.inc({ workload, class: cls }, 0);
+    for (const counter of [
+      metrics.claimed,
+      metrics.deferred,
+      metrics.rateLimitPauses,
+      metrics.drainErrors,
+    ]) {
+      counter.inc({ workload }, 0);
+    }
+    metrics.pickupLatency.zero({ workload });
+    metrics.processing.zero({ workload });
+    // Nothing is in flight before the first claim. Backlog and oldest age are left to the
+    // first stats read: a 0 there would claim an empty queue nobody has looked at yet.
+    metrics.inFlight.inc({ workload }, 0);
+  }
+}
