@@ -1,15 +1,13 @@
-// Pure units: environment parsing, settings parsing, the rate limiter, order building.
+// Pure units: environment parsing, settings parsing, notification payloads, the SSRF guard.
 import { describe, expect, it } from "vitest";
 import { EnvError, loadEnv } from "../src/config/env.js";
 import { scheduledDelayMs } from "../src/reactor/backoff.js";
 import { parsePayload } from "../src/reactor/listener.js";
-import { makeRateLimiter } from "../src/reactor/rate-limit.js";
 import {
   defaultSettings,
   parseSetting,
   STANDARD_WEBHOOKS_SCHEDULE,
 } from "../src/reactor/settings-spec.js";
-import { buildOrder } from "../src/uploads/order.js";
 
 describe("environment", () => {
   it("has safe defaults", () => {
@@ -82,31 +80,6 @@ describe("settings values", () => {
   });
 });
 
-describe("rate limiter", () => {
-  it("allows at most N calls in any 60 s window", () => {
-    const limiter = makeRateLimiter(3);
-    const t0 = 1_000_000;
-    expect([0, 1, 2].map((i) => limiter.tryTake(t0 + i))).toEqual([0, 0, 0]);
-    expect(limiter.tryTake(t0 + 10)).toBe(60_000 - 10);
-    expect(limiter.tryTake(t0 + 60_000)).toBe(0);
-    expect(limiter.tryTake(t0 + 60_000)).toBe(1);
-  });
-  it("keeps the window honest when the limit shrinks", () => {
-    const limiter = makeRateLimiter(5);
-    const t0 = 2_000_000;
-    for (let i = 0; i < 5; i++) limiter.tryTake(t0 + i);
-    limiter.setLimit(2);
-    expect(limiter.tryTake(t0 + 10)).toBeGreaterThan(0);
-  });
-  it("a target's pause blocks until it ends", () => {
-    const limiter = makeRateLimiter(100);
-    const now = Date.now();
-    limiter.pauseUntil(now + 5_000);
-    expect(limiter.tryTake(now)).toBe(5_000);
-    expect(limiter.pausedUntil()).toBe(now + 5_000);
-  });
-});
-
 describe("notification payloads", () => {
   it("accepts our tiny JSON and refuses garbage and oversized payloads", () => {
     expect(parsePayload('{"v":1,"table":"orders_inbox","op":"INSERT"}')).toEqual({
@@ -118,52 +91,6 @@ describe("notification payloads", () => {
     expect(parsePayload("[1]")).toBeNull();
     expect(parsePayload(`{"v":1,"x":"${"a".repeat(9000)}"}`)).toBeNull();
     expect(parsePayload(undefined)).toBeNull();
-  });
-});
-
-describe("order building", () => {
-  const base = {
-    id: 7,
-    order_number: "N-1",
-    order_key: null,
-    status: "awaiting_shipment",
-    created_at: new Date("2026-01-02T03:04:05Z"),
-  };
-  const payload = { billTo: { name: "A" }, shipTo: { name: "B" } };
-  it("uses the row id as orderKey and created_at as orderDate when absent", () => {
-    const r = buildOrder({ ...base, payload });
-    expect(r).toEqual({
-      ok: true,
-      order: {
-        ...payload,
-        orderNumber: "N-1",
-        orderKey: "7",
-        orderStatus: "awaiting_shipment",
-        orderDate: "2026-01-02T03:04:05.000Z",
-      },
-    });
-  });
-  it("counts characters, not bytes, in order_number (emoji are one each)", () => {
-    expect(buildOrder({ ...base, order_number: "📦".repeat(50), payload }).ok).toBe(true);
-    expect(buildOrder({ ...base, order_number: "📦".repeat(51), payload })).toMatchObject({
-      ok: false,
-    });
-  });
-  it.each([
-    [{ shipTo: { name: "B" } }, /payload\.billTo is required/],
-    [{ billTo: "x", shipTo: { name: "B" } }, /payload\.billTo must be an address object/],
-    [{ billTo: {}, shipTo: {} }, /payload\.shipTo\.name is required/],
-    [{ ...payload, orderDate: "yesterday" }, /payload\.orderDate is not a valid date/],
-    [{ ...payload, items: "many" }, /payload\.items must be an array/],
-    [{ ...payload, notes: "x".repeat(300_000) }, /bytes; the limit is/],
-  ])("refuses %#", (p, message) => {
-    const r = buildOrder({ ...base, payload: p });
-    expect(r.ok).toBe(false);
-    expect(r.ok ? "" : r.error).toMatch(message);
-  });
-  it("refuses unknown statuses by name", () => {
-    const r = buildOrder({ ...base, status: "lost", payload });
-    expect(r.ok ? "" : r.error).toMatch(/status 'lost' is not one of awaiting_payment/);
   });
 });
 
