@@ -127,6 +127,7 @@ async function startNoopReactor(url: string, name: string, onDone: (n: number) =
     unitSize: () => settings.current.upload_batch_size,
     concurrency: () => settings.current.upload_concurrency,
     pausedUntil: () => 0,
+    retryScheduleSeconds: () => [1],
     async process(rows) {
       onDone(rows.length);
       return rows.map((r) => ({ id: r.id, kind: "success" as const }));

@@ -12,7 +12,7 @@ import type { Logger } from "./logger.js";
 import { type Metrics, makeMetrics } from "./metrics.js";
 import { makeAgent } from "./outbound/http.js";
 import type { DrainerEvent } from "./reactor/drainer.js";
-import { makeRateLimiter } from "./reactor/rate-limit.js";
+import { makeSharedRateLimiter } from "./reactor/rate-limit.js";
 import { makeReactor, type Reactor } from "./reactor/reactor.js";
 import { type LiveSettings, makeLiveSettings } from "./reactor/settings.js";
 import { makeOrdersQueue } from "./uploads/queue.js";
@@ -70,7 +70,8 @@ export function makeApp(options: AppOptions): App {
     queue: makeOrdersQueue(pool),
     settings: settings.current,
     client: shipstation,
-    limiter: makeRateLimiter(settings.current.upload_rate_limit_per_minute),
+    // ShipStation's limit belongs to the key pair: one budget for every replica using it.
+    limiter: makeSharedRateLimiter(pool, "shipstation"),
     logger,
     metrics,
   });

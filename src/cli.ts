@@ -64,7 +64,7 @@ export async function status(pool: Pool) {
     const stats = await queue.stats();
     workloads[name] = {
       ...(await queue.countsByState()),
-      oldestDueSeconds: Math.round(stats.oldestDueAgeSeconds),
+      oldestPendingAgeSeconds: Math.round(stats.oldestPendingAgeSeconds),
     };
   }
   return {

@@ -280,7 +280,8 @@ describe("outbox → webhook deliveries", () => {
     await emit(db.pool, "order.created");
     const row = await waitFor(async () => {
       const r = await deliveryRows(db.pool);
-      return r[0]?.attempts === 1 ? r[0] : null;
+      // The claim counts the attempt; the finalize records its error.
+      return r[0]?.attempts === 1 && r[0].last_error !== null ? r[0] : null;
     });
     expect(row).toMatchObject({
       state: "pending",
@@ -315,7 +316,11 @@ describe("outbox → webhook deliveries", () => {
     await subscribe(db.pool, `${receiver.url}/hook`);
     const id = await emit(db.pool, "order.created");
     const queue = makeDeliveriesQueue(db.pool as never);
-    const claimed = await queue.claim("crashed/dead", 10, 2);
+    const claimed = await queue.claim("crashed/dead", {
+      limit: 10,
+      leaseSeconds: 2,
+      maxAttempts: 10,
+    });
     expect(claimed).toHaveLength(1);
     expect(claimed[0]?.event_id).toBe(id);
     app = await startReactor({ databaseUrl: db.url });

@@ -53,7 +53,8 @@ describe("uploads: orders_inbox → ShipStation", () => {
     expect(a1).toMatchObject({
       orderNumber: "A-1",
       orderStatus: "awaiting_payment",
-      orderDate: "2026-11-20T10:00:00Z",
+      // ShipStation's documented form: US Pacific time, no zone (10:00Z is 02:00 PST).
+      orderDate: "2026-11-20T02:00:00.0000000",
     });
     expect(a1).not.toHaveProperty("orderId");
     expect(a1?.shipTo).toMatchObject({ name: "Ada Lovelace" });
@@ -201,7 +202,7 @@ describe("uploads: orders_inbox → ShipStation", () => {
       const r = await db.pool.query(
         "SELECT attempts, last_error, upload_state FROM orders_inbox WHERE order_key = 't1'",
       );
-      return r.rows[0]?.attempts === 1 ? r.rows[0] : null;
+      return r.rows[0]?.attempts === 1 && r.rows[0].last_error ? r.rows[0] : null;
     });
     expect(failedOnce.upload_state).toBe("pending");
     expect(failedOnce.last_error).toMatch(/ShipStation HTTP 503/);

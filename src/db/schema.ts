@@ -24,6 +24,16 @@ export const ordersInbox = pgTable(
     id: bigint("id", { mode: "number" }).primaryKey().generatedByDefaultAsIdentity(),
     orderNumber: text("order_number").notNull(),
     orderKey: text("order_key").unique(),
+    /**
+     * The orderKey ShipStation upserts on: order_key, or the id when it is null. Unique,
+     * so a row without order_key can never share its key with another row (an app
+     * inserting order_key '9' while row 9 has none is refused, instead of two orders
+     * merging in ShipStation).
+     */
+    uploadKey: text("upload_key")
+      .notNull()
+      .unique("order_key_must_differ_from_other_orders_keys_and_ids")
+      .generatedAlwaysAs(sql`coalesce(order_key, (id)::text)`),
     status: text("status").notNull().default("awaiting_shipment"),
     payload: jsonb("payload").notNull(),
     uploadState: text("upload_state").notNull().default("pending"),
@@ -167,3 +177,15 @@ export const webhookDeliveries = pgTable(
       .where(sql`${t.state} IN ('delivered', 'cancelled')`),
   ],
 );
+
+/**
+ * Budgets that belong to an outside account and are shared by every replica (ShipStation
+ * allows 40 calls a minute per key pair): the send times in the current window, and a
+ * pause the target imposed (429, X-Rate-Limit-Remaining: 0).
+ */
+export const reactorRateLimits = pgTable("reactor_rate_limits", {
+  name: text("name").primaryKey(),
+  sentAt: tz("sent_at").array().notNull().default(sql`'{}'::timestamptz[]`),
+  pausedUntil: tz("paused_until"),
+  updatedAt: tz("updated_at").notNull().defaultNow(),
+});

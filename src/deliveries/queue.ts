@@ -4,12 +4,15 @@ import type { Pool } from "../db/pool.js";
 import { type ClaimedRow, makeLeaseQueue } from "../reactor/lease-queue.js";
 
 export const DELIVERIES_CHANNEL = "reactor_deliveries";
+/** Largest event payload sent; a larger event fails with a clear error, unread. */
+export const MAX_WEBHOOK_BODY_BYTES = 256 * 1024;
 
 export interface ClaimedDelivery extends ClaimedRow {
   event_id: string;
   subscription_id: number;
   event_type: string;
-  event_payload: unknown;
+  /** The event's jsonb payload as stored (text); null when over MAX_WEBHOOK_BODY_BYTES. */
+  event_payload: string | null;
   event_created_at: Date;
   url: string;
   secret: string;
@@ -24,11 +27,19 @@ export function makeDeliveriesQueue(pool: Pool) {
     stateColumn: "state",
     states: { pending: "pending", done: "delivered", failed: "failed", cancelled: "cancelled" },
     doneAtColumn: "delivered_at",
+    // A delivery waits from its creation, through retries and hand-backs.
+    pendingSinceColumn: "created_at",
     extraColumns: [{ name: "last_status", type: "integer" }],
     excludeColumn: "subscription_id",
     claimFrom: ", outbox_events e, webhook_subscriptions s",
     claimWhere: "AND e.id = t.event_id AND s.id = t.subscription_id",
-    claimColumns: `e.event_type, e.payload AS event_payload, e.created_at AS event_created_at,
+    payload: {
+      sql: "e.payload",
+      join: "JOIN outbox_events e ON e.id = t.event_id",
+      as: "event_payload",
+      maxBytes: MAX_WEBHOOK_BODY_BYTES,
+    },
+    returning: `t.id, t.event_id, t.subscription_id, e.event_type, e.created_at AS event_created_at,
       s.url, s.secret, s.enabled AS subscription_enabled, s.disabled_reason,
       CASE WHEN s.previous_secret_expires_at IS NULL OR s.previous_secret_expires_at > now()
         THEN s.previous_secret END AS previous_secret`,

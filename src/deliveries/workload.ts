@@ -1,17 +1,19 @@
 // The deliveries workload: one claimed delivery → one signed POST → delivered, retried
 // on the schedule, failed when the schedule is exhausted, or cancelled when the
-// endpoint is gone. Concurrency is bounded overall and per endpoint.
+// endpoint is gone. Concurrency is bounded overall and shared fairly between endpoints
+// (see endpointCaps), so slow endpoints, however many, cannot starve the others.
 import type { Agent } from "undici";
 import type { Pool } from "../db/pool.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import { statusClass } from "../outbound/http.js";
+import { redactSecrets } from "../outbound/redact.js";
 import { scheduledDelayMs } from "../reactor/backoff.js";
 import { type LeaseQueue, type Outcome, retryOrFail } from "../reactor/lease-queue.js";
 import type { Settings } from "../reactor/settings-spec.js";
 import type { Workload } from "../reactor/workload.js";
 import { applyRetention, disableGoneSubscription, RETENTION_BATCH } from "./maintenance.js";
-import { type ClaimedDelivery, DELIVERIES_CHANNEL } from "./queue.js";
+import { type ClaimedDelivery, DELIVERIES_CHANNEL, MAX_WEBHOOK_BODY_BYTES } from "./queue.js";
 import { deliveryBody, signedHeaders } from "./signing.js";
 import { sendWebhook } from "./webhook-client.js";
 
@@ -20,8 +22,6 @@ export const RETRY_AFTER_MIN_MS = 1_000;
 export const RETRY_AFTER_MAX_MS = 60 * 60 * 1000;
 /** A row claimed past its endpoint's cap (claims race) comes back this soon. */
 const ENDPOINT_BUSY_DEFER_MS = 250;
-/** Largest webhook body sent; an event above it fails with a clear error. */
-export const MAX_WEBHOOK_BODY_BYTES = 256 * 1024;
 /** Retention runs at most this often unless the last run hit a full batch. */
 const RETENTION_EVERY_MS = 10 * 60 * 1000;
 
@@ -36,11 +36,27 @@ export interface DeliveriesOptions {
 }
 
 /**
- * In-flight requests one subscription may hold: three quarters of the slots, so a slow
- * endpoint always leaves at least a quarter (and at least one) for the others.
+ * Which endpoints may not take another slot now. Fair shares: with `active` endpoints in
+ * flight, each may hold concurrency / (active + 1) slots, so a share is always left for
+ * an endpoint that has none yet. Endpoints whose last attempt failed (timeouts, errors:
+ * the slow ones) hold one slot each, and together at most half of the slots, so any
+ * number of slow endpoints leaves at least half for the healthy ones.
  */
-export function perEndpointCap(concurrency: number): number {
-  return Math.max(1, concurrency - Math.max(1, Math.floor(concurrency / 4)));
+export function excludedEndpoints(
+  concurrency: number,
+  inFlight: ReadonlyMap<number, number>,
+  failing: ReadonlySet<number>,
+): number[] {
+  const fair = Math.max(1, Math.floor(concurrency / (inFlight.size + 1)));
+  let failingInFlight = 0;
+  for (const [id, n] of inFlight) if (failing.has(id)) failingInFlight += n;
+  const failingFull = failingInFlight >= Math.max(1, Math.floor(concurrency / 2));
+  const excluded = new Set<number>();
+  for (const [id, n] of inFlight) {
+    if (n >= (failing.has(id) ? 1 : fair)) excluded.add(id);
+  }
+  if (failingFull) for (const id of failing) excluded.add(id);
+  return [...excluded];
 }
 
 function clampRetryAfter(ms: number): number {
@@ -53,6 +69,10 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
   const label = { workload: "deliveries" };
   // In-flight requests per subscription; at the cap, its rows are not claimed.
   const inFlightByEndpoint = new Map<number, number>();
+  // Subscriptions whose last attempt failed or timed out; cleared by a success.
+  const failingEndpoints = new Set<number>();
+  const excluded = () =>
+    excludedEndpoints(settings.delivery_concurrency, inFlightByEndpoint, failingEndpoints);
   let lastRetention = 0;
 
   async function deliver(row: ClaimedDelivery): Promise<Outcome> {
@@ -63,11 +83,19 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
         error: `cancelled: subscription ${row.subscription_id} is disabled${row.disabled_reason ? ` (${row.disabled_reason})` : ""}`,
       };
     }
+    if (row.event_payload === null || row.payload_bytes > MAX_WEBHOOK_BODY_BYTES) {
+      // Receivers commonly cap bodies well below this; retrying would only repeat it.
+      return {
+        id: row.id,
+        kind: "failed",
+        error: `event payload is ${row.payload_bytes} bytes; webhooks carry at most ${MAX_WEBHOOK_BODY_BYTES} (send a reference to the data instead)`,
+      };
+    }
     const event = {
       eventId: row.event_id,
       eventType: row.event_type,
       createdAt: row.event_created_at,
-      payload: row.event_payload,
+      payloadJson: row.event_payload,
     };
     const body = deliveryBody(event);
     const bytes = Buffer.byteLength(body);
@@ -95,6 +123,11 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
       ...label,
       class: statusClass("status" in result ? result.status : null),
     });
+    const endpoint = Number(row.subscription_id);
+    if (result.kind === "failed") failingEndpoints.add(endpoint);
+    else failingEndpoints.delete(endpoint);
+    // A receiver's error text is stored and shown: never with a secret in it.
+    const clean = (text: string) => redactSecrets(text, [row.secret, row.previous_secret]);
     switch (result.kind) {
       case "delivered":
         return { id: row.id, kind: "success", extra: { last_status: result.status } };
@@ -122,9 +155,14 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
         return { id: row.id, kind: "defer", at: new Date(Date.now() + delay) };
       }
       case "refused":
-        return { id: row.id, kind: "failed", error: result.error, extra: { last_status: null } };
+        return {
+          id: row.id,
+          kind: "failed",
+          error: clean(result.error),
+          extra: { last_status: null },
+        };
       case "failed":
-        return retryOrFail(row, settings.delivery_retry_schedule_seconds, result.error, {
+        return retryOrFail(row, settings.delivery_retry_schedule_seconds, clean(result.error), {
           delayMs: result.retryAfterMs === null ? null : clampRetryAfter(result.retryAfterMs),
           extra: { last_status: result.status },
         });
@@ -140,23 +178,28 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
       settings.deliveries_enabled ? null : "reactor.deliveries_enabled is false",
     unitSize: () => 1,
     concurrency: () => settings.delivery_concurrency,
+    retryScheduleSeconds: () => settings.delivery_retry_schedule_seconds,
     pausedUntil: () => 0,
-    excludedKeys: () => {
-      const cap = perEndpointCap(settings.delivery_concurrency);
-      return [...inFlightByEndpoint].filter(([, n]) => n >= cap).map(([id]) => id);
-    },
+    excludedKeys: excluded,
     async process(rows) {
-      const cap = perEndpointCap(settings.delivery_concurrency);
       return Promise.all(
         rows.map(async (row): Promise<Outcome> => {
           const endpoint = Number(row.subscription_id);
-          const busy = inFlightByEndpoint.get(endpoint) ?? 0;
-          if (busy >= cap) {
+          if (excluded().includes(endpoint)) {
             return { id: row.id, kind: "defer", at: new Date(Date.now() + ENDPOINT_BUSY_DEFER_MS) };
           }
-          inFlightByEndpoint.set(endpoint, busy + 1);
+          inFlightByEndpoint.set(endpoint, (inFlightByEndpoint.get(endpoint) ?? 0) + 1);
           try {
             return await deliver(row);
+          } catch (err) {
+            // A bug or a database error while handling this one delivery: it alone goes
+            // through the retry schedule; the others in flight are unaffected.
+            log.error({ err, deliveryId: row.id }, "delivery failed with an internal error");
+            return retryOrFail(
+              row,
+              settings.delivery_retry_schedule_seconds,
+              `internal error: ${(err as Error).message}`.slice(0, 1000),
+            );
           } finally {
             const left = (inFlightByEndpoint.get(endpoint) ?? 1) - 1;
             if (left <= 0) inFlightByEndpoint.delete(endpoint);

@@ -9,6 +9,8 @@ export interface RecordedCall {
   authorization: string | undefined;
   userAgent: string | undefined;
   orders: Array<Record<string, unknown>>;
+  /** The request body exactly as received. */
+  body: string;
 }
 
 /** A scripted answer: status, headers, and a body (default: success for every order). */
@@ -20,6 +22,8 @@ export interface ScriptedResponse {
   delayMs?: number;
   /** Per-order failure: orderKey → error message. */
   failKeys?: Record<string, string>;
+  /** Answer with the request's headers in the body (a target that echoes what it got). */
+  echoHeaders?: boolean;
 }
 
 export interface FakeShipStation {
@@ -31,6 +35,11 @@ export interface FakeShipStation {
   script: ScriptedResponse[];
   /** Applied to every call after the script runs out. */
   defaultResponse: Partial<ScriptedResponse>;
+  /**
+   * orderKey → message: a call containing any of these orders is refused whole with a
+   * 400, as ShipStation does for one invalid order in a createorders batch.
+   */
+  rejectBatchKeys: Record<string, string>;
   close(): Promise<void>;
 }
 
@@ -43,6 +52,7 @@ export async function startFakeShipStation(
     received: new Map(),
     script: [],
     defaultResponse: {},
+    rejectBatchKeys: {},
   };
   const server = createServer(async (req: IncomingMessage, res: ServerResponse) => {
     const chunks: Buffer[] = [];
@@ -51,15 +61,26 @@ export async function startFakeShipStation(
       res.writeHead(404).end("not found");
       return;
     }
-    const orders = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Array<
-      Record<string, unknown>
-    >;
+    const body = Buffer.concat(chunks).toString("utf8");
+    const orders = JSON.parse(body) as Array<Record<string, unknown>>;
     fake.calls.push({
       at: Date.now(),
       authorization: req.headers.authorization,
       userAgent: req.headers["user-agent"],
       orders,
+      body,
     });
+    const refused = orders.find((o) => fake.rejectBatchKeys[String(o.orderKey)]);
+    if (refused) {
+      res.writeHead(400, { "content-type": "application/json" });
+      res.end(
+        JSON.stringify({
+          Message: "The request is invalid.",
+          ModelState: { "orders[0]": [fake.rejectBatchKeys[String(refused.orderKey)]] },
+        }),
+      );
+      return;
+    }
     const scripted = fake.script.shift() ?? { status: 200, ...fake.defaultResponse };
     if (scripted.delayMs) await new Promise((r) => setTimeout(r, scripted.delayMs));
     const status = scripted.status ?? 200;
@@ -81,7 +102,10 @@ export async function startFakeShipStation(
       return;
     }
     res.writeHead(status, { "content-type": "application/json", ...scripted.headers });
-    res.end(JSON.stringify(scripted.body ?? { Message: `scripted ${status}` }));
+    const answer = scripted.echoHeaders
+      ? { Message: `scripted ${status}`, request: { headers: req.headers } }
+      : (scripted.body ?? { Message: `scripted ${status}` });
+    res.end(JSON.stringify(answer));
   });
   server.keepAliveTimeout = 60_000;
   server.listen(options.port ?? 0, options.host ?? "127.0.0.1");

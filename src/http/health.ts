@@ -1,14 +1,21 @@
 // /health and /health/ready: IETF health+json (draft-inadarei-api-health-check) built from
-// a cheap database ping, the listener state and the last queue stats of each workload.
+// a cheap database ping, the listener state, each workload's drain loop and last queue
+// stats, and the checks a workload adds itself (credentials, pauses). A workload that
+// cannot make progress is never `pass`.
 import type { App } from "../app.js";
 import { withTimeout } from "../reactor/backoff.js";
 import { VERSION } from "../version.js";
 
 /** The listener may be down this long (a server restart, a cut) before readiness fails. */
 export const LISTENER_GRACE_MS = 10_000;
-/** Oldest due row older than this makes the service 'warn'. */
+/** Oldest pending row older than this makes the service 'warn'. */
 export const OLDEST_PENDING_WARN_SECONDS = 300;
-const PING_TIMEOUT_MS = 2_000;
+/** Claimable rows and no claim or finalize for this long: the workload is stalled. */
+export const STALL_SECONDS = 60;
+/** Finished rows waiting this long for another transaction's row lock make it 'warn'. */
+export const LOCK_WAIT_WARN_SECONDS = 30;
+/** Under Kubernetes' default 1 s probe timeout, with room for the rest of the answer. */
+const PING_TIMEOUT_MS = 800;
 
 type Status = "pass" | "warn" | "fail";
 interface Check {
@@ -28,6 +35,66 @@ async function pingMs(app: App): Promise<number> {
     `no answer within ${PING_TIMEOUT_MS} ms`,
   );
   return performance.now() - started;
+}
+
+const worst = (statuses: Status[]): Status =>
+  statuses.includes("fail") ? "fail" : statuses.includes("warn") ? "warn" : "pass";
+
+function workloadChecks(app: App, time: string): Record<string, Check[]> {
+  const checks: Record<string, Check[]> = {};
+  const now = Date.now();
+  for (const workload of app.reactor.workloads) {
+    const d = app.reactor.drainers.get(workload.name)?.state();
+    const stats = d?.lastStats;
+    const disabled = workload.disabledReason();
+    const paused = workload.pausedUntil() > now ? (workload.pauseReason?.() ?? "paused") : null;
+    const age = stats?.oldestPendingAgeSeconds ?? 0;
+    const check = (status: Status, extra: Partial<Check>): Check[] => [
+      { status, componentType: "component", time, ...extra },
+    ];
+    checks[`${workload.name}:backlog`] = check(disabled || paused ? "warn" : "pass", {
+      observedValue: stats?.backlog ?? null,
+      ...(disabled || paused ? { output: disabled ?? paused ?? "" } : {}),
+    });
+    checks[`${workload.name}:oldestPendingAge`] = check(
+      age > OLDEST_PENDING_WARN_SECONDS ? "warn" : "pass",
+      { observedValue: age, observedUnit: "s" },
+    );
+    // Progress: the drain loop works, and claimable rows do not sit unclaimed.
+    let progress: Check[];
+    if (d?.failingSince) {
+      const secs = Math.round((now - d.failingSince.getTime()) / 1000);
+      progress = check("fail", {
+        observedValue: false,
+        output: `drains have failed for ${secs} s: ${d.lastError}`,
+      });
+    } else {
+      const idleFor = (now - (d?.lastProgressAt ?? app.startedAt).getTime()) / 1000;
+      const stalled =
+        !disabled && !paused && (stats?.claimable ?? 0) > 0 && idleFor > STALL_SECONDS;
+      const waiting = d?.waitingOnLocks;
+      const lockSecs = waiting?.since ? (now - waiting.since.getTime()) / 1000 : 0;
+      progress = stalled
+        ? check("fail", {
+            observedValue: false,
+            output: `${stats?.claimable} rows are due and unclaimed, and nothing was claimed or recorded for ${Math.round(idleFor)} s`,
+          })
+        : lockSecs > LOCK_WAIT_WARN_SECONDS
+          ? check("warn", {
+              observedValue: true,
+              output: `${waiting?.rows} finished rows have waited ${Math.round(lockSecs)} s for another transaction's row lock to record their results`,
+            })
+          : check("pass", { observedValue: true });
+    }
+    checks[`${workload.name}:progress`] = progress;
+    for (const extra of workload.checks?.() ?? []) {
+      checks[`${workload.name}:${extra.name}`] = check(extra.status, {
+        observedValue: extra.observedValue,
+        ...(extra.output ? { output: extra.output } : {}),
+      });
+    }
+  }
+  return checks;
 }
 
 export async function buildHealth(app: App) {
@@ -63,50 +130,14 @@ export async function buildHealth(app: App) {
       ...(ls.connected ? {} : { output: `disconnected for ${Math.round(downFor / 1000)} s` }),
     },
   ];
+  Object.assign(checks, workloadChecks(app, time));
 
-  for (const workload of app.reactor.workloads) {
-    const stats = app.reactor.drainers.get(workload.name)?.state().lastStats;
-    const reason = workload.disabledReason();
-    const age = stats?.oldestDueAgeSeconds ?? 0;
-    const status: Status = reason || age > OLDEST_PENDING_WARN_SECONDS ? "warn" : "pass";
-    checks[`${workload.name}:backlog`] = [
-      {
-        status,
-        componentType: "component",
-        observedValue: stats?.backlog ?? null,
-        time,
-        ...(reason ? { output: reason } : {}),
-      },
-    ];
-    checks[`${workload.name}:oldestPendingAge`] = [
-      {
-        status: age > OLDEST_PENDING_WARN_SECONDS ? "warn" : "pass",
-        componentType: "component",
-        observedValue: age,
-        observedUnit: "s",
-        time,
-      },
-    ];
-  }
-  const hasCreds = Boolean(app.env.shipstation.apiKey && app.env.shipstation.apiSecret);
-  checks["uploads:credentials"] = [
-    {
-      status: hasCreds ? "pass" : "warn",
-      componentType: "component",
-      observedValue: hasCreds,
-      time,
-      ...(hasCreds ? {} : { output: "SHIPSTATION_API_KEY/SECRET not set: uploads paused" }),
-    },
-  ];
-
-  const all = Object.values(checks).flat();
-  const status: Status = all.some((c) => c.status === "fail")
-    ? "fail"
-    : all.some((c) => c.status === "warn")
-      ? "warn"
-      : "pass";
   return {
-    status,
+    status: worst(
+      Object.values(checks)
+        .flat()
+        .map((c) => c.status),
+    ),
     version: VERSION,
     serviceId: app.env.instanceId,
     description: "pg-reactor",

@@ -29,7 +29,7 @@ export async function buildStatus(app: App) {
       enabled: workload.enabled(),
       disabledReason: workload.disabledReason(),
       backlog: d?.lastStats?.backlog ?? null,
-      oldestPendingAgeSeconds: d?.lastStats?.oldestDueAgeSeconds ?? null,
+      oldestPendingAgeSeconds: d?.lastStats?.oldestPendingAgeSeconds ?? null,
       nextDueAt: d?.lastStats?.nextDueAt ?? null,
       pendingDue: d?.lastStats?.due ?? null,
       failed: counts?.[workload.name]?.failed ?? (counts ? 0 : null),
@@ -41,7 +41,11 @@ export async function buildStatus(app: App) {
       lastWakeAt: d?.lastWakeAt ?? null,
       lastWakeReason: d?.lastWakeReason ?? null,
       lastError: d?.lastError ?? null,
+      failingSince: d?.failingSince ?? null,
+      lastProgressAt: d?.lastProgressAt ?? null,
+      waitingOnLocks: d?.waitingOnLocks ?? null,
       pausedUntil: workload.pausedUntil() ? new Date(workload.pausedUntil()) : null,
+      pauseReason: workload.pausedUntil() ? (workload.pauseReason?.() ?? null) : null,
     };
   }
   return {

@@ -1,19 +1,22 @@
-// The drain loop (DESIGN.md §3.4), written once for every workload: a wake-up claims
-// batches under a lease until nothing is due, runs them with bounded concurrency outside
-// any transaction, finalizes each unit, then arms a timer for the next due row.
+// The drain loop (docs/architecture.md, invariant 4), written once for every workload: a
+// wake-up claims batches under a lease until nothing is due, runs them with bounded
+// concurrency outside any transaction, hands the outcomes to the finalizer, then arms a
+// timer for the next due row. Leases of rows in flight are renewed, so work that takes
+// longer than lease_seconds is not claimed a second time.
 // One loop per workload per process; wake-ups during a drain coalesce into one more pass.
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import { exponentialBackoff, sleep } from "./backoff.js";
-import type { ClaimedRow, Outcome, QueueStats } from "./lease-queue.js";
+import { makeFinalizer } from "./finalizer.js";
+import { type ClaimedRow, type Outcome, type QueueStats, retryOrFail } from "./lease-queue.js";
 import type { WakeReason, Workload } from "./workload.js";
 
 /** Never arm a timer further out than this; the safety poll covers longer waits. */
 const MAX_TIMER_MS = 60 * 60 * 1000;
 /** After a drain, the queue stats query runs at most this often (the poll runs it too). */
 const STATS_EVERY_MS = 5_000;
-/** A handler that throws (a bug, not a row's fault) retries its rows after this long. */
-const HANDLER_CRASH_RETRY_MS = 30_000;
+/** Progress is logged as one summary line at most this often while work flows. */
+const SUMMARY_EVERY_MS = 5_000;
 
 export interface DrainerOptions<Row extends ClaimedRow> {
   workload: Workload<Row>;
@@ -21,13 +24,14 @@ export interface DrainerOptions<Row extends ClaimedRow> {
   leaseSeconds: () => number;
   logger: Logger;
   metrics: Metrics;
-  /** Test and bench hook: called when rows are claimed and when a unit is finalized. */
+  /** Test and bench hook: called when rows are claimed and when outcomes are recorded. */
   onEvent?: (event: DrainerEvent) => void;
 }
 
 export type DrainerEvent =
   /** Rows claimed and about to be handed to the handler. */
   | { type: "claimed"; workload: string; ids: number[] }
+  /** Outcomes recorded in the table. */
   | { type: "finalized"; workload: string; outcomes: Outcome[] };
 
 export interface DrainerState {
@@ -38,7 +42,14 @@ export interface DrainerState {
   /** When a NOTIFY last woke this workload. */
   lastNotifyAt: Date | null;
   lastStats: QueueStats | null;
+  /** The last drain's database error, while drains keep failing; null once one succeeds. */
   lastError: string | null;
+  /** Since when drains have been failing, or null. */
+  failingSince: Date | null;
+  /** When rows were last claimed or recorded. */
+  lastProgressAt: Date | null;
+  /** Finished rows whose results wait for another transaction's row lock. */
+  waitingOnLocks: { rows: number; since: Date | null };
 }
 
 export interface Drainer {
@@ -53,6 +64,9 @@ export interface Drainer {
   stop(graceMs: number): Promise<void>;
 }
 
+type Counts = Record<Outcome["kind"], number>;
+const zeroCounts = (): Counts => ({ success: 0, retry: 0, failed: 0, cancel: 0, defer: 0 });
+
 export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>): Drainer {
   const { workload, owner, logger, metrics } = options;
   const log = logger.child({ workload: workload.name });
@@ -64,18 +78,93 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   let errorStreak = 0;
   let timer: NodeJS.Timeout | null = null;
   let timerAt = 0;
-  let inFlightRows = 0;
   let lastStatsAt = 0;
   let futureWork = false;
   let wakeWaiter: (() => void) | null = null;
+  /** Claimed rows not yet recorded: their leases are renewed while they are here. */
+  const inFlight = new Set<number>();
   const units = new Set<Promise<void>>();
-  const state: Omit<DrainerState, "running" | "inFlightRows"> = {
-    lastWakeAt: null,
-    lastWakeReason: null,
-    lastNotifyAt: null,
-    lastStats: null,
-    lastError: null,
+  const state = {
+    lastWakeAt: null as Date | null,
+    lastWakeReason: null as WakeReason | null,
+    lastNotifyAt: null as Date | null,
+    lastStats: null as QueueStats | null,
+    lastError: null as string | null,
+    failingSince: null as Date | null,
+    lastProgressAt: null as Date | null,
   };
+  let summary = { counts: zeroCounts(), since: 0 };
+  let summaryTimer: NodeJS.Timeout | null = null;
+
+  function leaveFlight(ids: number[]) {
+    for (const id of ids) inFlight.delete(id);
+    metrics.inFlight.set(label, inFlight.size);
+  }
+
+  function logSummary() {
+    summaryTimer = null;
+    const { counts, since } = summary;
+    summary = { counts: zeroCounts(), since: 0 };
+    const rows = Object.values(counts).reduce((a, b) => a + b, 0);
+    if (rows === 0) return;
+    log.info(
+      { rows, ...counts, seconds: Number(((Date.now() - since) / 1000).toFixed(1)) },
+      `processed ${rows} rows`,
+    );
+  }
+
+  const finalizer = makeFinalizer({
+    queue: workload.queue,
+    owner,
+    leaseMs: () => options.leaseSeconds() * 1000,
+    logger: log,
+    onRecorded(outcomes) {
+      leaveFlight(outcomes.map((o) => o.id));
+      state.lastProgressAt = new Date();
+      if (summary.since === 0) summary.since = Date.now();
+      for (const o of outcomes) {
+        summary.counts[o.kind]++;
+        // A retry or a hand-back is due again at `at`: be awake for it.
+        if (o.kind === "retry" || o.kind === "defer") {
+          armTimer(o.at.getTime());
+          // Only the earliest timer is kept; the stats query at the end of the drain
+          // finds the next due row after it.
+          futureWork = true;
+        }
+        if (o.kind === "defer") metrics.deferred.inc(label);
+        else
+          metrics.completed.inc({ ...label, outcome: o.kind === "cancel" ? "cancelled" : o.kind });
+      }
+      if (!summaryTimer) {
+        summaryTimer = setTimeout(logSummary, SUMMARY_EVERY_MS);
+        summaryTimer.unref?.();
+      }
+      options.onEvent?.({ type: "finalized", workload: workload.name, outcomes });
+    },
+    onDropped: leaveFlight,
+  });
+
+  // Leases of rows in flight are extended every third of a lease, so a call that takes
+  // longer than lease_seconds keeps its rows; a process that hangs stops renewing and
+  // its rows become claimable again when the lease runs out.
+  let renewTimer: NodeJS.Timeout | null = null;
+  function scheduleRenewal() {
+    if (renewTimer || stopping || inFlight.size === 0) return;
+    renewTimer = setTimeout(
+      async () => {
+        renewTimer = null;
+        if (inFlight.size === 0) return;
+        try {
+          await workload.queue.renew(owner, [...inFlight], options.leaseSeconds());
+        } catch (err) {
+          log.warn({ err: (err as Error).message }, "could not renew leases of rows in flight");
+        }
+        scheduleRenewal();
+      },
+      Math.max(500, (options.leaseSeconds() * 1000) / 3),
+    );
+    renewTimer.unref?.();
+  }
 
   function wake(reason: WakeReason) {
     if (stopping) return;
@@ -115,95 +204,38 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   function applyStats(stats: QueueStats, reason: WakeReason) {
     state.lastStats = stats;
     metrics.backlog.set(label, stats.backlog);
-    metrics.oldestPendingAge.set(label, stats.oldestDueAgeSeconds);
+    metrics.oldestPendingAge.set(label, stats.oldestPendingAgeSeconds);
     if (!workload.enabled() || !stats.nextDueAt) return;
-    if (stats.nextDueAt.getTime() <= Date.now()) wake(reason);
-    else armTimer(stats.nextDueAt.getTime());
+    const paused = workload.pausedUntil();
+    const dueAt = Math.max(stats.nextDueAt.getTime(), paused);
+    if (dueAt <= Date.now()) wake(reason);
+    else armTimer(dueAt);
   }
 
-  async function finalizeUnit(rows: Row[], outcomes: Outcome[]) {
-    // Retry the finalize while our lease lasts; after that another replica may own the rows.
-    const deadline = Date.now() + options.leaseSeconds() * 1000;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await workload.queue.finalize(owner, outcomes);
-        return;
-      } catch (err) {
-        if (Date.now() > deadline || stopping) {
-          workload.queue.forget(rows.map((r) => r.id));
-          log.error(
-            { err: (err as Error).message, rows: rows.length },
-            "could not record results; the leases will expire and these rows will be retried",
-          );
-          return;
-        }
-        await sleep(exponentialBackoff(attempt, 250, 5_000));
-      }
-    }
-  }
-
-  // Group commit for finalizes: while one batched UPDATE is in flight, units that finish
-  // queue up and go together in the next one. No waiting is added when nothing is in flight.
-  const finalQueue: Array<{ rows: Row[]; outcomes: Outcome[]; done: () => void }> = [];
-  let flushing = false;
-
-  function finalizeBatched(rows: Row[], outcomes: Outcome[]): Promise<void> {
-    return new Promise<void>((done) => {
-      finalQueue.push({ rows, outcomes, done });
-      if (!flushing) void flushFinalizes();
-    });
-  }
-
-  async function flushFinalizes() {
-    flushing = true;
-    try {
-      while (finalQueue.length > 0) {
-        const batch = finalQueue.splice(0);
-        await finalizeUnit(
-          batch.flatMap((b) => b.rows),
-          batch.flatMap((b) => b.outcomes),
-        );
-        for (const b of batch) b.done();
-      }
-    } finally {
-      flushing = false;
-    }
-  }
-
+  /** Runs one unit; a handler that throws sends every row through the retry schedule. */
   function startUnit(rows: Row[]) {
-    inFlightRows += rows.length;
-    metrics.inFlight.inc(label, rows.length);
     const unit = (async () => {
       const end = metrics.processing.startTimer(label);
       let outcomes: Outcome[];
       try {
         outcomes = await workload.process(rows);
       } catch (err) {
-        log.error({ err }, "handler threw; its rows will be retried");
-        const at = new Date(Date.now() + HANDLER_CRASH_RETRY_MS);
+        log.error({ err }, "handler threw; its rows go through the retry schedule");
         const error = `internal error: ${(err as Error).message}`.slice(0, 1000);
-        outcomes = rows.map((r) => ({ id: r.id, kind: "retry", at, error }));
+        const schedule = workload.retryScheduleSeconds();
+        outcomes = rows.map((r) => retryOrFail(r, schedule, error));
       }
       end();
-      await finalizeBatched(rows, outcomes);
-      for (const o of outcomes) {
-        // A retry or a hand-back is due again at `at`: be awake for it.
-        if (o.kind === "retry" || o.kind === "defer") {
-          armTimer(o.at.getTime());
-          // Only the earliest timer is kept; the stats query at the end of the drain
-          // finds the next due row after it.
-          futureWork = true;
+      // A handler that forgot a row would leave it leased until expiry: give it back.
+      const answered = new Set(outcomes.map((o) => o.id));
+      for (const r of rows) {
+        if (!answered.has(r.id)) {
+          const error = "internal error: the handler returned no outcome for this row";
+          outcomes.push(retryOrFail(r, workload.retryScheduleSeconds(), error));
         }
-        if (o.kind === "defer") metrics.deferred.inc(label);
-        else
-          metrics.completed.inc({ ...label, outcome: o.kind === "cancel" ? "cancelled" : o.kind });
       }
-      options.onEvent?.({ type: "finalized", workload: workload.name, outcomes });
-    })().finally(() => {
-      inFlightRows -= rows.length;
-      metrics.inFlight.dec(label, rows.length);
-      units.delete(unit);
-    });
+      await finalizer.submit(outcomes);
+    })().finally(() => units.delete(unit));
     units.add(unit);
   }
 
@@ -233,9 +265,27 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
         }
         const want = free * workload.unitSize();
         const excluded = workload.excludedKeys?.() ?? [];
-        const rows = await workload.queue.claim(owner, want, options.leaseSeconds(), excluded);
+        const claimed = await workload.queue.claim(owner, {
+          limit: want,
+          leaseSeconds: options.leaseSeconds(),
+          maxAttempts: workload.retryScheduleSeconds().length + 1,
+          exclude: excluded,
+        });
         errorStreak = 0;
         state.lastError = null;
+        state.failingSince = null;
+        const rows = claimed.filter((r) => !r.abandoned);
+        const abandoned = claimed.filter((r) => r.abandoned);
+        if (abandoned.length > 0) {
+          // The claim already marked them failed: a row that crashes or hangs its process
+          // every time must end, not be leased forever.
+          metrics.completed.inc({ ...label, outcome: "failed" }, abandoned.length);
+          log.error(
+            { ids: abandoned.map((r) => r.id).slice(0, 20), rows: abandoned.length },
+            "rows failed: their leases expired on every attempt (the process crashed or hung)",
+          );
+        }
+        if (claimed.length > 0) state.lastProgressAt = new Date();
         if (rows.length > 0) {
           options.onEvent?.({
             type: "claimed",
@@ -243,12 +293,17 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
             ids: rows.map((r) => r.id),
           });
           metrics.claimed.inc(label, rows.length);
-          for (const row of rows) metrics.pickupLatency.observe(label, row.pickup_lag);
+          for (const row of rows) {
+            inFlight.add(row.id);
+            metrics.pickupLatency.observe(label, row.pickup_lag);
+          }
+          metrics.inFlight.set(label, inFlight.size);
+          scheduleRenewal();
           for (let i = 0; i < rows.length; i += workload.unitSize()) {
             startUnit(rows.slice(i, i + workload.unitSize()));
           }
         }
-        if (rows.length < want) {
+        if (claimed.length < want) {
           // Nothing more was claimable. New rows announce themselves (NOTIFY sets
           // `again`, also for rows a finalize hands back as due now), so without a
           // wake-up there is no point in claiming again; just let the units finish.
@@ -265,6 +320,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     } catch (err) {
       metrics.drainErrors.inc(label);
       state.lastError = (err as Error).message;
+      state.failingSince ??= new Date();
       const delay = exponentialBackoff(errorStreak++, 500, 30_000);
       log.warn({ err: state.lastError, retryInMs: delay }, "drain failed; backing off");
       armTimer(Date.now() + delay);
@@ -292,7 +348,12 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   return {
     wake,
     applyStats,
-    state: () => ({ ...state, running: loop !== null, inFlightRows }),
+    state: () => ({
+      ...state,
+      running: loop !== null,
+      inFlightRows: inFlight.size,
+      waitingOnLocks: finalizer.waiting(),
+    }),
     async stop(graceMs) {
       stopping = true;
       if (timer) clearTimeout(timer);
@@ -303,7 +364,14 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
         sleep(graceMs, graceOver.signal).then(() => true),
       ]);
       graceOver.abort();
-      if (timedOut) log.warn({ inFlightRows }, "shutdown grace ran out with work in flight");
+      if (timedOut)
+        log.warn({ inFlightRows: inFlight.size }, "shutdown grace ran out with work in flight");
+      finalizer.stop();
+      if (renewTimer) clearTimeout(renewTimer);
+      if (summaryTimer) {
+        clearTimeout(summaryTimer);
+        logSummary();
+      }
       try {
         const released = await workload.queue.release(owner);
         if (released > 0) log.info({ released }, "released unfinished leases");

@@ -1,8 +1,12 @@
-// The lease/claim pattern of DESIGN.md §3.3, written once for every workload table:
-// claim = one short UPDATE … FOR UPDATE SKIP LOCKED that stamps locked_by/locked_until;
-// the work happens after it commits; finalize = one batched UPDATE guarded by locked_by.
+// The lease/claim pattern (docs/architecture.md, invariant 3), written once for every
+// workload table: claim = one short UPDATE … FOR UPDATE SKIP LOCKED that stamps
+// locked_by/locked_until and counts the attempt; the work happens after it commits;
+// finalize = one batched UPDATE guarded by locked_by that skips rows an application
+// transaction holds locked (they are finalized on a later try, never waited on).
 // Table and column names come from code (QueueTableSpec), never from input; every value
-// is a bind parameter.
+// is a bind parameter. Statements are unnamed, so they work through PgBouncer in
+// transaction mode, where a prepared statement may live on another server connection.
+import pg from "pg";
 import type { Pool } from "../db/pool.js";
 import { scheduledDelayMs } from "./backoff.js";
 
@@ -14,6 +18,12 @@ export interface QueueTableSpec {
   /** Column stamped when a row reaches `done` (uploaded_at, delivered_at). */
   doneAtColumn: string;
   /**
+   * When a pending row started waiting (updated_at for orders, which a content change
+   * moves; created_at for deliveries): the oldest-pending-age figure counts from it, so
+   * rows held back by a pause or a rate limit still age.
+   */
+  pendingSinceColumn: string;
+  /**
    * A column the app changes when the row's content changes (updated_at). If it moved
    * while a row was in flight, the row stays pending and is sent again, not lost.
    */
@@ -24,19 +34,38 @@ export interface QueueTableSpec {
     type: "bigint" | "integer" | "text";
     keepOld?: boolean;
   }>;
+  /** The columns a claim returns besides the payload, as SQL over `t` and claimFrom's tables. */
+  returning: string;
+  /**
+   * The row's large JSON value. A claim measures it before returning it: one larger than
+   * maxBytes comes back as null with its size (the workload fails it without loading it),
+   * and a claim stops adding rows once their payloads add up to CLAIM_MAX_BYTES.
+   * JSON arrives as text, exactly as stored (numbers are not rounded through doubles).
+   */
+  payload: {
+    /** SQL for the value, e.g. `t.payload` or `e.payload`. */
+    sql: string;
+    /** The join the candidate scan needs to reach it (`JOIN outbox_events e ON …`), if any. */
+    join?: string;
+    /** Name of the returned column. */
+    as: string;
+    maxBytes: number;
+  };
   /**
    * Tables the claim reads alongside the row (`, other o`), the join condition
-   * (`AND o.id = t.other_id`) and the columns it adds to each claimed row.
+   * (`AND o.id = t.other_id`).
    */
   claimFrom?: string;
   claimWhere?: string;
-  claimColumns?: string;
   /**
    * A bigint column whose values the caller may exclude from a claim (rows of an
    * endpoint that is at its in-flight cap), so they are not claimed only to be handed back.
    */
   excludeColumn?: string;
 }
+
+/** A claim returns payloads of at most this many bytes in total (and at least one row). */
+export const CLAIM_MAX_BYTES = 32 * 1024 * 1024;
 
 /** What a handler decided for one row. */
 export type Outcome =
@@ -51,7 +80,8 @@ export type Outcome =
 /**
  * The outcome of a transient failure, shared by every workload: retry after the
  * schedule's next delay (or after `delayMs` when the target named one), or `failed`
- * once the schedule is exhausted.
+ * once the schedule is exhausted. `row.attempts` already counts this attempt (the claim
+ * counts it).
  */
 export function retryOrFail(
   row: { id: number; attempts: number },
@@ -59,7 +89,7 @@ export function retryOrFail(
   error: string,
   options: { delayMs?: number | null; extra?: Record<string, unknown> } = {},
 ): Outcome {
-  const attemptsMade = row.attempts + 1;
+  const attemptsMade = Math.max(1, row.attempts);
   const scheduled = scheduledDelayMs(scheduleSeconds, attemptsMade);
   if (scheduled === null) {
     return {
@@ -79,31 +109,60 @@ export function retryOrFail(
   };
 }
 
-/** Every claimed row carries these, plus the table's own columns. */
+/** Every claimed row carries these, plus the spec's returning columns and payload. */
 export interface ClaimedRow {
   id: number;
+  /** Attempts including this one. */
   attempts: number;
   /** Seconds from the row becoming due to this claim. */
   pickup_lag: number;
   /** The version column's value at claim time, compared at finalize. */
   claim_version: unknown;
+  /** Size in bytes of the payload as text (the payload is null when it exceeds the limit). */
+  payload_bytes: number;
+  /**
+   * True when the row's previous lease expired (its process crashed or hung) and it had
+   * used all its attempts: the claim marked it failed, and it must not be processed.
+   */
+  abandoned: boolean;
 }
 
 export interface QueueStats {
   /** Pending rows, due now or scheduled. */
   backlog: number;
-  /** Pending rows due now (not waiting for a retry time). */
+  /** Pending rows due now (not waiting for a retry time), leased or not. */
   due: number;
-  /** Age in seconds of the oldest row that is due now and not leased, or 0. */
-  oldestDueAgeSeconds: number;
+  /** Pending rows due now that no reactor holds: what a drain should be taking. */
+  claimable: number;
+  /** Seconds since the oldest pending row started waiting (paused, deferred or due), or 0. */
+  oldestPendingAgeSeconds: number;
   /** When the next pending row becomes claimable (due and lease free), or null if none. */
   nextDueAt: Date | null;
 }
 
+export interface ClaimOptions {
+  limit: number;
+  leaseSeconds: number;
+  /** A row whose lease expired with this many attempts used is failed instead of handed out. */
+  maxAttempts: number;
+  exclude?: number[];
+}
+
+export interface FinalizeResult {
+  /** Rows recorded. */
+  done: number[];
+  /** Rows still ours but locked by another transaction: finalize them again later. */
+  locked: number[];
+  /** Rows no longer ours (the lease expired and another reactor took them). */
+  lost: number[];
+}
+
 export interface LeaseQueue<Row extends ClaimedRow> {
   spec: QueueTableSpec;
-  claim(owner: string, limit: number, leaseSeconds: number, exclude?: number[]): Promise<Row[]>;
-  finalize(owner: string, outcomes: Outcome[]): Promise<number>;
+  claim(owner: string, options: ClaimOptions): Promise<Row[]>;
+  finalize(owner: string, outcomes: Outcome[]): Promise<FinalizeResult>;
+  /** Extends the leases of rows still in flight; returns the ids renewed (locked rows are skipped). */
+  renew(owner: string, ids: number[], leaseSeconds: number): Promise<number[]>;
   /** Drops claim-time state for rows whose finalize was abandoned (their lease will expire). */
   forget(ids: number[]): void;
   /** Gives back every row this owner still holds (shutdown). Returns how many. */
@@ -119,6 +178,16 @@ export interface LeaseQueue<Row extends ClaimedRow> {
 export const quoteIdent = (ident: string) => `"${ident.replace(/"/g, '""')}"`;
 const q = quoteIdent;
 
+const JSON_OID = 114;
+const JSONB_OID = 3802;
+/** Claimed rows keep json/jsonb as text: the workload parses (or splices) it exactly. */
+const rawJsonTypes = {
+  getTypeParser: ((oid: number, format?: "text" | "binary") =>
+    oid === JSON_OID || oid === JSONB_OID
+      ? (value: string) => value
+      : pg.types.getTypeParser(oid, format ?? "text")) as typeof pg.types.getTypeParser,
+};
+
 export function makeLeaseQueue<Row extends ClaimedRow>(
   pool: Pool,
   spec: QueueTableSpec,
@@ -126,28 +195,52 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
   const t = q(spec.table);
   const state = q(spec.stateColumn);
   const pending = `'${spec.states.pending}'`;
+  const failed = `'${spec.states.failed}'`;
   const version = spec.versionColumn ? `t.${q(spec.versionColumn)}::text` : "NULL::text";
   const extras = spec.extraColumns ?? [];
+  const payload = spec.payload.sql;
 
-  // The partial index (next_attempt_at, id) WHERE state = pending serves this ORDER BY.
+  // The partial index (next_attempt_at, id) WHERE state = pending serves the candidate
+  // scan. A payload's size is measured without converting it when its stored (possibly
+  // compressed) size is already over the limit. The running byte sum stops the claim at
+  // CLAIM_MAX_BYTES; locks on candidates beyond it end with the statement.
   const claimSql = `
-    UPDATE ${t} AS t
-    SET locked_by = $1, locked_until = now() + make_interval(secs => $2::double precision)
-    FROM (
-      SELECT id, greatest(next_attempt_at, coalesce(locked_until, next_attempt_at)) AS due_at
-      FROM ${t}
-      WHERE ${state} = ${pending}
-        AND next_attempt_at <= now()
-        AND (locked_until IS NULL OR locked_until < now())
-        ${spec.excludeColumn ? `AND NOT (${q(spec.excludeColumn)} = ANY ($4::bigint[]))` : ""}
-      ORDER BY next_attempt_at, id
+    WITH cand AS (
+      SELECT t.id, t.next_attempt_at, t.attempts,
+        greatest(t.next_attempt_at, coalesce(t.locked_until, t.next_attempt_at)) AS due_at,
+        (t.locked_by IS NOT NULL AND t.attempts >= $4) AS dead,
+        CASE WHEN pg_column_size(${payload}) > $5 THEN pg_column_size(${payload})::bigint
+          ELSE octet_length(${payload}::text)::bigint END AS bytes
+      FROM ${t} t ${spec.payload.join ?? ""}
+      WHERE t.${state} = ${pending}
+        AND t.next_attempt_at <= now()
+        AND (t.locked_until IS NULL OR t.locked_until < now())
+        ${spec.excludeColumn ? `AND NOT (t.${q(spec.excludeColumn)} = ANY ($7::bigint[]))` : ""}
+      ORDER BY t.next_attempt_at, t.id
       LIMIT $3
-      FOR UPDATE SKIP LOCKED
-    ) AS due ${spec.claimFrom ?? ""}
-    WHERE t.id = due.id ${spec.claimWhere ?? ""}
-    RETURNING t.*, ${version} AS claim_version,
-      greatest(0, extract(epoch FROM clock_timestamp() - due.due_at))::float8 AS pickup_lag
-      ${spec.claimColumns ? `, ${spec.claimColumns}` : ""}`;
+      FOR UPDATE OF t SKIP LOCKED
+    ), picked AS (
+      SELECT c.*,
+        row_number() OVER w AS rn,
+        sum(CASE WHEN c.bytes > $5 THEN 0 ELSE c.bytes END) OVER w AS running
+      FROM cand c
+      WINDOW w AS (ORDER BY c.next_attempt_at, c.id)
+    )
+    UPDATE ${t} AS t SET
+      locked_by = CASE WHEN p.dead THEN NULL ELSE $1 END,
+      locked_until = CASE WHEN p.dead THEN NULL
+        ELSE now() + make_interval(secs => $2::double precision) END,
+      attempts = CASE WHEN p.dead THEN t.attempts ELSE t.attempts + 1 END,
+      ${state} = CASE WHEN p.dead THEN ${failed} ELSE t.${state} END,
+      last_error = CASE WHEN p.dead THEN 'abandoned: the lease expired ' || t.attempts
+        || ' times (the process handling this row crashed or hung each time)'
+        ELSE t.last_error END
+    FROM picked p ${spec.claimFrom ?? ""}
+    WHERE t.id = p.id AND (p.rn = 1 OR p.running <= $6) ${spec.claimWhere ?? ""}
+    RETURNING ${spec.returning}, t.attempts, p.bytes AS payload_bytes, p.dead AS abandoned,
+      CASE WHEN p.bytes > $5 THEN NULL ELSE ${payload} END AS ${q(spec.payload.as)},
+      ${version} AS claim_version,
+      greatest(0, extract(epoch FROM clock_timestamp() - p.due_at))::float8 AS pickup_lag`;
 
   const changed = spec.versionColumn
     ? `t.${q(spec.versionColumn)}::text IS DISTINCT FROM v.version`
@@ -163,14 +256,23 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
     .join("");
   const extraUnnest = extras.map((c, i) => `, $${7 + i}::${c.type}[]`).join("");
   const extraNames = extras.map((_, i) => `, x${i}`).join("");
+  // Rows an application transaction holds locked are skipped (SKIP LOCKED), not waited
+  // on: one idle app transaction must not stall the queue. The caller tries them again.
   const finalizeSql = `
+    WITH v AS (
+      SELECT * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[]${extraUnnest})
+        AS v(id, kind, at, error, version${extraNames})
+    ), lockable AS (
+      SELECT v.* FROM v JOIN ${t} l ON l.id = v.id AND l.locked_by = $1
+      FOR UPDATE OF l SKIP LOCKED
+    )
     UPDATE ${t} AS t SET
       ${state} = CASE
         WHEN v.kind IN ('retry', 'defer') OR ${changed} THEN ${pending}
         WHEN v.kind = 'success' THEN '${spec.states.done}'
         WHEN v.kind = 'cancel' THEN '${spec.states.cancelled ?? spec.states.failed}'
-        ELSE '${spec.states.failed}' END,
-      attempts = t.attempts + CASE WHEN v.kind = 'defer' THEN 0 ELSE 1 END,
+        ELSE ${failed} END,
+      attempts = greatest(0, t.attempts - CASE WHEN v.kind = 'defer' THEN 1 ELSE 0 END),
       next_attempt_at = CASE
         WHEN v.kind IN ('retry', 'defer') THEN v.at
         WHEN ${changed} THEN now()
@@ -180,48 +282,73 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
       locked_by = NULL,
       locked_until = NULL
       ${extraSet}
-    FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[]${extraUnnest})
-      AS v(id, kind, at, error, version${extraNames})
-    WHERE t.id = v.id AND t.locked_by = $1`;
+    FROM lockable v
+    WHERE t.id = v.id AND t.locked_by = $1
+    RETURNING t.id`;
 
-  const releaseSql = `UPDATE ${t} SET locked_by = NULL, locked_until = NULL
-    WHERE locked_by = $1 AND ${state} = ${pending}`;
+  /** Which of the given rows this owner still holds (a plain read: never waits on a lock). */
+  const heldSql = `SELECT id FROM ${t} WHERE id = ANY ($2::bigint[]) AND locked_by = $1`;
+
+  const renewSql = `
+    UPDATE ${t} AS t SET locked_until = now() + make_interval(secs => $3::double precision)
+    FROM (SELECT id FROM ${t} WHERE id = ANY ($2::bigint[]) AND locked_by = $1
+          FOR UPDATE SKIP LOCKED) l
+    WHERE t.id = l.id
+    RETURNING t.id`;
+
+  // Rows an app holds locked are left to their lease, never waited on.
+  const releaseSql = `UPDATE ${t} AS t SET locked_by = NULL, locked_until = NULL
+    FROM (SELECT id FROM ${t} WHERE locked_by = $1 AND ${state} = ${pending}
+          FOR UPDATE SKIP LOCKED) l
+    WHERE t.id = l.id`;
 
   const statsSql = (label: string) => `
     SELECT '${label}'::text AS workload,
       count(*)::int AS backlog,
       (count(*) FILTER (WHERE next_attempt_at <= now()))::int AS due,
-      coalesce(extract(epoch FROM now() - min(next_attempt_at)
-        FILTER (WHERE next_attempt_at <= now() AND (locked_until IS NULL OR locked_until < now()))), 0)::float8
-        AS oldest_due_age,
+      (count(*) FILTER (WHERE next_attempt_at <= now()
+        AND (locked_until IS NULL OR locked_until < now())))::int AS claimable,
+      coalesce(extract(epoch FROM now() - min(${q(spec.pendingSinceColumn)})), 0)::float8
+        AS oldest_pending_age,
       min(greatest(next_attempt_at, coalesce(locked_until, next_attempt_at))) AS next_due_at
     FROM ${t} WHERE ${state} = ${pending}`;
 
   // Claim-time versions of rows in flight, as text so timestamps keep their microseconds.
   const versions = new Map<number, string | null>();
+  const ids = (rows: Array<{ id: string | number }>) => rows.map((r) => Number(r.id));
 
   return {
     spec,
-    async claim(owner, limit, leaseSeconds, exclude = []) {
-      const params = [owner, leaseSeconds, limit, ...(spec.excludeColumn ? [exclude] : [])];
-      // Named (prepared) statements: parsed and planned once per connection.
+    async claim(owner, options) {
+      const params: unknown[] = [
+        owner,
+        options.leaseSeconds,
+        options.limit,
+        options.maxAttempts,
+        spec.payload.maxBytes,
+        CLAIM_MAX_BYTES,
+        ...(spec.excludeColumn ? [options.exclude ?? []] : []),
+      ];
       const { rows } = await pool.query<Row>({
-        name: `reactor_claim_${spec.table}`,
         text: claimSql,
         values: params,
+        types: rawJsonTypes,
       });
       for (const row of rows) {
         // bigint arrives as a string; ids stay far below 2^53.
         row.id = Number(row.id);
-        versions.set(row.id, row.claim_version == null ? null : String(row.claim_version));
+        row.payload_bytes = Number(row.payload_bytes);
+        if (!row.abandoned)
+          versions.set(row.id, row.claim_version == null ? null : String(row.claim_version));
       }
       return rows;
     },
     async finalize(owner, outcomes) {
-      if (outcomes.length === 0) return 0;
+      if (outcomes.length === 0) return { done: [], locked: [], lost: [] };
+      const all = outcomes.map((o) => o.id);
       const params: unknown[] = [
         owner,
-        outcomes.map((o) => o.id),
+        all,
         outcomes.map((o) => o.kind),
         outcomes.map((o) => ("at" in o ? o.at : null)),
         outcomes.map((o) => ("error" in o ? o.error : null)),
@@ -230,16 +357,24 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
           outcomes.map((o) => ("extra" in o ? (o.extra?.[c.name] ?? null) : null)),
         ),
       ];
-      const res = await pool.query({
-        name: `reactor_finalize_${spec.table}`,
-        text: finalizeSql,
-        values: params,
-      });
-      for (const o of outcomes) versions.delete(o.id);
-      return res.rowCount ?? 0;
+      const res = await pool.query<{ id: string }>(finalizeSql, params);
+      const done = ids(res.rows);
+      for (const id of done) versions.delete(id);
+      if (done.length === all.length) return { done, locked: [], lost: [] };
+      const finished = new Set(done);
+      const rest = all.filter((id) => !finished.has(id));
+      const held = new Set(ids((await pool.query<{ id: string }>(heldSql, [owner, rest])).rows));
+      const lost = rest.filter((id) => !held.has(id));
+      for (const id of lost) versions.delete(id);
+      return { done, locked: rest.filter((id) => held.has(id)), lost };
     },
-    forget(ids) {
-      for (const id of ids) versions.delete(id);
+    async renew(owner, rowIds, leaseSeconds) {
+      if (rowIds.length === 0) return [];
+      const res = await pool.query<{ id: string }>(renewSql, [owner, rowIds, leaseSeconds]);
+      return ids(res.rows);
+    },
+    forget(rowIds) {
+      for (const id of rowIds) versions.delete(id);
     },
     async release(owner) {
       const res = await pool.query(releaseSql, [owner]);
@@ -265,7 +400,8 @@ export function toStats(row: Record<string, unknown> | undefined): QueueStats {
   return {
     backlog: Number(row?.backlog ?? 0),
     due: Number(row?.due ?? 0),
-    oldestDueAgeSeconds: Number(row?.oldest_due_age ?? 0),
+    claimable: Number(row?.claimable ?? 0),
+    oldestPendingAgeSeconds: Number(row?.oldest_pending_age ?? 0),
     nextDueAt: row?.next_due_at ? new Date(row.next_due_at as string) : null,
   };
 }

@@ -1,56 +1,59 @@
-// A strict "at most N calls in any 60-second window" limiter (a sliding log in a ring
-// buffer), plus a pause the target can impose (429, or X-Rate-Limit-Remaining: 0).
-// A token bucket would allow up to 2N in a window, which ShipStation would answer with 429.
+// A strict "at most N calls in any 60-second window" budget shared by every replica
+// through the database (docs/architecture.md, invariant 9), plus a pause the target can
+// impose (429, X-Rate-Limit-Remaining: 0) that stops all replicas until it ends.
+// The arithmetic lives in sql/040_rate_limits.sql so the budget is taken atomically.
+// A token bucket would allow up to 2N in a window, which ShipStation answers with 429.
+import type { Pool } from "../db/pool.js";
 
-const WINDOW_MS = 60_000;
+const WINDOW = "60 seconds";
+/** A target-imposed pause is honoured up to this long; a longer reset hint is clamped. */
+export const MAX_PAUSE_MS = 5 * 60 * 1000;
+/** …and at least this long, so a reset of 0 cannot turn into a busy loop of 429s. */
+const MIN_PAUSE_MS = 1_000;
 
 export interface RateLimiter {
+  /** The budget's name in reactor_rate_limits. */
+  name: string;
   /**
    * Takes a slot now and returns 0, or returns how many ms to wait before one frees up
    * (taking nothing). Callers wait and ask again, or give their work back if it is long.
    */
-  tryTake(now?: number): number;
-  /** The target said to stop until `untilMs` (epoch ms); extends, never shortens, a pause. */
-  pauseUntil(untilMs: number): void;
-  /** Epoch ms until which calls are paused by the target, or 0. */
+  take(perMinute: number): Promise<number>;
+  /**
+   * The target said to stop for `ms`; pauses every replica (clamped to MAX_PAUSE_MS).
+   * Returns the pause in force, as epoch ms.
+   */
+  pause(ms: number): Promise<number>;
+  /** Epoch ms until which calls are paused, as last seen by this replica, or 0. */
   pausedUntil(): number;
-  setLimit(perMinute: number): void;
 }
 
-export function makeRateLimiter(perMinute: number): RateLimiter {
-  let limit = perMinute;
-  // Send times of the last `limit` calls, oldest at `head` once the ring is full.
-  let ring: number[] = [];
-  let head = 0;
-  let pause = 0;
-
+export function makeSharedRateLimiter(pool: Pool, name: string): RateLimiter {
+  let pausedUntil = 0;
+  const seen = (until: Date | string | null) => {
+    const ms = until ? new Date(until).getTime() : 0;
+    if (ms > pausedUntil || ms === 0) pausedUntil = ms;
+  };
   return {
-    tryTake(now = Date.now()) {
-      if (pause > now) return pause - now;
-      if (ring.length < limit) {
-        ring.push(now);
-        return 0;
-      }
-      const oldest = ring[head] ?? 0;
-      if (oldest + WINDOW_MS > now) return oldest + WINDOW_MS - now;
-      ring[head] = now;
-      head = (head + 1) % limit;
-      return 0;
+    name,
+    async take(perMinute) {
+      const { rows } = await pool.query<{ wait_ms: number; paused_until: Date | null }>(
+        "SELECT wait_ms, paused_until FROM reactor_rate_take($1, $2, $3::interval)",
+        [name, perMinute, WINDOW],
+      );
+      const row = rows[0];
+      seen(row?.paused_until ?? null);
+      return Math.ceil(row?.wait_ms ?? 0);
     },
-    pauseUntil(untilMs) {
-      pause = Math.max(pause, untilMs);
+    async pause(ms) {
+      const clamped = Math.min(Math.max(MIN_PAUSE_MS, ms), MAX_PAUSE_MS);
+      const { rows } = await pool.query<{ until: Date }>(
+        "SELECT reactor_rate_pause($1, $2) AS until",
+        [name, new Date(Date.now() + clamped)],
+      );
+      seen(rows[0]?.until ?? null);
+      return pausedUntil;
     },
-    pausedUntil() {
-      return pause > Date.now() ? pause : 0;
-    },
-    setLimit(perMinute) {
-      if (perMinute === limit) return;
-      // Keep the newest sends, oldest first, so the window stays honest across a change.
-      const ordered = [...ring.slice(head), ...ring.slice(0, head)];
-      ring = ordered.slice(-perMinute);
-      head = 0;
-      limit = perMinute;
-      if (ring.length === limit) head = 0;
-    },
+    pausedUntil: () => (pausedUntil > Date.now() ? pausedUntil : 0),
   };
 }

@@ -3,7 +3,7 @@
 // about orders or webhooks; workloads are handed in.
 import type { Pool } from "../db/pool.js";
 import type { Logger } from "../logger.js";
-import type { Metrics } from "../metrics.js";
+import { type Metrics, primeMetrics } from "../metrics.js";
 import { exponentialBackoff, sleep } from "./backoff.js";
 import { type Drainer, type DrainerEvent, makeDrainer } from "./drainer.js";
 import { type Listener, makeListener } from "./listener.js";
@@ -54,6 +54,11 @@ export function makeReactor(options: ReactorOptions): Reactor {
     );
   }
   const byChannel = new Map(options.workloads.map((w) => [w.channel, w.name]));
+  // Every labelled series exists at 0 from the start, so increase() sees the first event.
+  primeMetrics(metrics, {
+    workloads: options.workloads.map((w) => w.name),
+    channels: [...byChannel.keys(), CONFIG_CHANNEL],
+  });
   const wakeAll = (reason: "reconnect" | "start" | "config") => {
     for (const d of drainers.values()) d.wake(reason);
   };

@@ -32,10 +32,20 @@ export const SETTINGS = {
   uploads_enabled: boolean(true, "Upload orders to ShipStation."),
   deliveries_enabled: boolean(true, "Deliver outbox events as webhooks."),
   poll_interval_seconds: integer(1, 3600, 30, "Safety-net poll period."),
-  lease_seconds: integer(5, 3600, 120, "How long a claimed row stays locked to this replica."),
+  lease_seconds: integer(
+    5,
+    3600,
+    120,
+    "How long a claimed row stays locked to this replica without a renewal (renewed every third of it while in flight).",
+  ),
   upload_batch_size: integer(1, 100, 100, "Orders per createorders call."),
   upload_concurrency: integer(1, 16, 2, "createorders calls in flight per replica."),
-  upload_rate_limit_per_minute: integer(1, 100000, 40, "ShipStation calls per minute per replica."),
+  upload_rate_limit_per_minute: integer(
+    1,
+    100000,
+    40,
+    "ShipStation calls per minute, shared by all replicas (one budget in the database).",
+  ),
   delivery_concurrency: integer(1, 256, 16, "Webhook requests in flight per replica."),
   delivery_timeout_seconds: integer(1, 60, 15, "Timeout of one webhook attempt."),
   delivery_retry_schedule_seconds: {

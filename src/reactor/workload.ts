@@ -3,6 +3,24 @@
 import type { ClaimedRow, LeaseQueue, Outcome } from "./lease-queue.js";
 
 export type WakeReason = "notify" | "poll" | "reconnect" | "timer" | "config" | "start" | "retry";
+export const WAKE_REASONS: readonly WakeReason[] = [
+  "notify",
+  "poll",
+  "reconnect",
+  "timer",
+  "config",
+  "start",
+  "retry",
+];
+
+/** One entry of /health's checks, contributed by a workload (credentials, a pause…). */
+export interface WorkloadCheck {
+  /** Key suffix: `uploads:credentials`. */
+  name: string;
+  status: "pass" | "warn" | "fail";
+  observedValue?: unknown;
+  output?: string;
+}
 
 export interface Workload<Row extends ClaimedRow = ClaimedRow> {
   /** Metric label and log name: 'uploads' or 'deliveries'. */
@@ -18,15 +36,25 @@ export interface Workload<Row extends ClaimedRow = ClaimedRow> {
   unitSize(): number;
   /** process() calls in flight at once. */
   concurrency(): number;
+  /**
+   * Waits after failed attempt 1, 2, …; once exhausted the row ends failed. A row whose
+   * process crashes or hangs every time ends failed after this many attempts plus one.
+   */
+  retryScheduleSeconds(): readonly number[];
   /** Keys (the queue's excludeColumn) not to claim right now: endpoints at their cap. */
   excludedKeys?(): number[];
-  /** Epoch ms before which nothing should be claimed (a target's rate limit), or 0. */
+  /** Epoch ms before which nothing should be claimed (a rate limit, a credentials back-off), or 0. */
   pausedUntil(): number;
+  /** Why the workload is paused, while pausedUntil() is in the future. */
+  pauseReason?(): string | null;
   /**
    * Does the work for a unit of claimed rows and says what became of each. Must not
-   * throw for a row's own fault; a throw is treated as a transient failure of the unit.
+   * throw for a row's own fault; a throw goes through the retry schedule for every row
+   * of the unit.
    */
   process(rows: Row[]): Promise<Outcome[]>;
+  /** Extra /health checks (credentials, pauses), if any. */
+  checks?(): WorkloadCheck[];
   /** Periodic housekeeping run by the safety poll (retention), if any. */
   maintain?(): Promise<void>;
 }

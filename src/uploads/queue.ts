@@ -1,7 +1,7 @@
 // orders_inbox as a lease queue: how the generic claim/finalize SQL spells this table.
 import type { Pool } from "../db/pool.js";
 import { type ClaimedRow, makeLeaseQueue } from "../reactor/lease-queue.js";
-import type { OrderRow } from "./order.js";
+import { ORDER_MAX_BYTES, type OrderRow } from "./order.js";
 
 export const ORDERS_CHANNEL = "reactor_orders";
 
@@ -13,8 +13,12 @@ export function makeOrdersQueue(pool: Pool) {
     stateColumn: "upload_state",
     states: { pending: "pending", done: "uploaded", failed: "failed" },
     doneAtColumn: "uploaded_at",
+    // A content change moves updated_at (and re-queues the order): it waits from then.
+    pendingSinceColumn: "updated_at",
     // An app change during an upload moves updated_at: the row is then sent again.
     versionColumn: "updated_at",
     extraColumns: [{ name: "shipstation_order_id", type: "bigint", keepOld: true }],
+    returning: "t.id, t.order_number, t.order_key, t.upload_key, t.status, t.created_at",
+    payload: { sql: "t.payload", as: "payload", maxBytes: ORDER_MAX_BYTES },
   });
 }

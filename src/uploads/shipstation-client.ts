@@ -3,7 +3,7 @@
 import type { Agent } from "undici";
 import { request } from "undici";
 import { describeNetworkError, header, parseRetryAfter, readTextCapped } from "../outbound/http.js";
-import type { ShipStationOrder } from "./order.js";
+import { redactSecrets } from "../outbound/redact.js";
 
 /** Per-call timeout; ShipStation answers a 100-order batch in a few seconds. */
 const CALL_TIMEOUT_MS = 60_000;
@@ -31,7 +31,8 @@ export type CreateOrdersResponse =
   | { kind: "transient"; status: number | null; error: string };
 
 export interface ShipStationClient {
-  createOrders(orders: ShipStationOrder[]): Promise<CreateOrdersResponse>;
+  /** Sends orders already serialised (exact JSON of each), in one createorders call. */
+  createOrders(orders: readonly string[]): Promise<CreateOrdersResponse>;
 }
 
 export function makeShipStationClient(options: {
@@ -43,6 +44,9 @@ export function makeShipStationClient(options: {
 }): ShipStationClient {
   const auth = `Basic ${Buffer.from(`${options.apiKey}:${options.apiSecret}`).toString("base64")}`;
   const url = `${options.baseUrl}/orders/createorders`;
+  const secrets = [options.apiKey, options.apiSecret, auth.slice("Basic ".length)];
+  /** A target's text as it may be stored: cut short, with every credential redacted. */
+  const excerpt = (text: string) => redactSecrets(text, secrets).slice(0, 1000);
 
   return {
     async createOrders(orders) {
@@ -56,7 +60,7 @@ export function makeShipStationClient(options: {
             "content-type": "application/json",
             "user-agent": options.userAgent,
           },
-          body: JSON.stringify(orders),
+          body: `[${orders.join(",")}]`,
           signal: AbortSignal.timeout(CALL_TIMEOUT_MS),
           headersTimeout: CALL_TIMEOUT_MS,
           bodyTimeout: CALL_TIMEOUT_MS,
@@ -65,7 +69,7 @@ export function makeShipStationClient(options: {
         return {
           kind: "transient",
           status: null,
-          error: `ShipStation unreachable: ${describeNetworkError(err)}`,
+          error: `ShipStation unreachable: ${excerpt(describeNetworkError(err))}`,
         };
       }
       const status = res.statusCode;
@@ -94,14 +98,14 @@ export function makeShipStationClient(options: {
         return {
           kind: "transient",
           status,
-          error: `ShipStation HTTP ${status}: ${text.slice(0, 1000)}`,
+          error: `ShipStation HTTP ${status}: ${excerpt(text)}`,
         };
       }
       if (status >= 300) {
         return {
           kind: "rejected",
           status,
-          error: `ShipStation HTTP ${status}: ${text.slice(0, 1000)}`,
+          error: `ShipStation HTTP ${status}: ${excerpt(text)}`,
         };
       }
       try {

@@ -1,14 +1,16 @@
-// The uploads workload: claimed orders → validated → one createorders call per unit →
-// each result mapped back to its row. Rate limits are obeyed before and after the call.
+// The uploads workload: claimed orders → validated one by one → one createorders call per
+// unit → each result mapped back to its row. The rate limit is one budget shared by every
+// replica; a 4xx for a whole call is split until the order ShipStation refuses is alone;
+// rejected credentials pause uploads and are tried again with a back-off.
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import { statusClass } from "../outbound/http.js";
-import { sleep } from "../reactor/backoff.js";
+import { exponentialBackoff, sleep } from "../reactor/backoff.js";
 import { type LeaseQueue, type Outcome, retryOrFail } from "../reactor/lease-queue.js";
-import type { RateLimiter } from "../reactor/rate-limit.js";
+import { MAX_PAUSE_MS, type RateLimiter } from "../reactor/rate-limit.js";
 import type { Settings } from "../reactor/settings-spec.js";
-import type { Workload } from "../reactor/workload.js";
-import { buildOrder, orderKeyOf, type ShipStationOrder } from "./order.js";
+import type { Workload, WorkloadCheck } from "../reactor/workload.js";
+import { buildOrder } from "./order.js";
 import { type ClaimedOrder, ORDERS_CHANNEL } from "./queue.js";
 import type { ShipStationClient } from "./shipstation-client.js";
 
@@ -19,6 +21,12 @@ import type { ShipStationClient } from "./shipstation-client.js";
 export const UPLOAD_RETRY_SCHEDULE_SECONDS = [5, 15, 60, 300, 900, 1800, 3600, 7200];
 /** Wait for a rate-limit slot in place up to this long; longer, give the rows back. */
 const MAX_INLINE_WAIT_MS = 5_000;
+/**
+ * After ShipStation rejects the credentials, one call tries them again after 2 s, 4 s,
+ * 8 s … (±20 %), at most every 5 minutes, until they work.
+ */
+const CREDENTIALS_RETRY_BASE_MS = 2_000;
+const CREDENTIALS_RETRY_CAP_MS = 5 * 60 * 1000;
 
 export interface UploadsOptions {
   queue: LeaseQueue<ClaimedOrder>;
@@ -34,28 +42,61 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
   const { settings, client, limiter, metrics } = options;
   const log = options.logger.child({ workload: "uploads" });
   const label = { workload: "uploads" };
-  let credentialsRejected: string | null = null;
+  /** Set while ShipStation refuses the credentials: why, and when to try them again. */
+  let credentials: { error: string; failures: number; retryAt: number; since: Date } | null = null;
 
   function disabledReason(): string | null {
     if (!client)
       return "SHIPSTATION_API_KEY and SHIPSTATION_API_SECRET are not set: uploads are paused";
-    if (credentialsRejected) return credentialsRejected;
     if (!settings.uploads_enabled) return "reactor.uploads_enabled is false";
     return null;
   }
 
-  /** Waits for a local rate-limit slot; false means the wait is long and rows go back. */
+  function pausedUntil(): number {
+    const retryAt = credentials && credentials.retryAt > Date.now() ? credentials.retryAt : 0;
+    return Math.max(retryAt, limiter.pausedUntil());
+  }
+
+  function pauseReason(): string | null {
+    if (credentials && credentials.retryAt > Date.now()) {
+      return `${credentials.error}; trying again at ${new Date(credentials.retryAt).toISOString()}`;
+    }
+    const until = limiter.pausedUntil();
+    return until
+      ? `paused by ShipStation's rate limit until ${new Date(until).toISOString()}`
+      : null;
+  }
+
+  /** Waits for a slot of the shared budget; a positive result means the wait is long. */
   async function takeSlot(): Promise<number> {
     for (;;) {
-      limiter.setLimit(settings.upload_rate_limit_per_minute);
-      const wait = limiter.tryTake();
+      const wait = await limiter.take(settings.upload_rate_limit_per_minute);
       if (wait === 0) return 0;
       if (wait > MAX_INLINE_WAIT_MS) return wait;
       await sleep(wait);
     }
   }
 
-  async function send(rows: ClaimedOrder[], orders: ShipStationOrder[]): Promise<Outcome[]> {
+  /** Pauses every replica for a reset ShipStation asked for (clamped) and says so. */
+  async function pauseForReset(resetMs: number, why: string) {
+    metrics.rateLimitPauses.inc(label);
+    if (resetMs > MAX_PAUSE_MS) {
+      log.warn(
+        { resetMs, pausedMs: MAX_PAUSE_MS },
+        `${why}: ShipStation asked for a pause longer than ${MAX_PAUSE_MS / 1000} s; pausing for that long and trying again`,
+      );
+    }
+    const until = await limiter.pause(resetMs);
+    log.warn({ until: new Date(until).toISOString() }, `${why}: uploads paused on every replica`);
+    return until;
+  }
+
+  /**
+   * One createorders call for these rows, or, when ShipStation refuses the whole call
+   * with a 4xx, two calls for its halves, recursively, so that only the order at fault
+   * fails and carries ShipStation's message.
+   */
+  async function send(rows: ClaimedOrder[], jsons: string[]): Promise<Outcome[]> {
     if (!client) throw new Error("uploads ran without ShipStation credentials");
     const wait = await takeSlot();
     if (wait > 0) {
@@ -63,22 +104,22 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
       const at = new Date(Date.now() + wait);
       return rows.map((r) => ({ id: r.id, kind: "defer", at }));
     }
-    const res = await client.createOrders(orders);
-    metrics.httpResponses.inc({
-      ...label,
-      class: statusClass(res.status),
-    });
+    const res = await client.createOrders(jsons);
+    metrics.httpResponses.inc({ ...label, class: statusClass(res.status) });
+    if (res.kind !== "auth" && credentials) {
+      log.info("ShipStation accepts the credentials again; uploads resume");
+      credentials = null;
+    }
     switch (res.kind) {
       case "ok": {
         if (res.rate.remaining === 0 && res.rate.resetMs !== null) {
-          limiter.pauseUntil(Date.now() + res.rate.resetMs);
-          metrics.rateLimitPauses.inc(label);
+          await pauseForReset(res.rate.resetMs, "X-Rate-Limit-Remaining is 0");
         }
         const byKey = new Map(res.results.map((r) => [r.orderKey, r]));
         return rows.map((row, i) => {
-          const key = orderKeyOf(row);
           const result =
-            byKey.get(key) ?? (res.results[i]?.orderKey === undefined ? res.results[i] : undefined);
+            byKey.get(row.upload_key) ??
+            (res.results[i]?.orderKey === undefined ? res.results[i] : undefined);
           if (!result)
             return retryOrFail(
               row,
@@ -101,24 +142,70 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
       }
       case "rate_limited": {
         // No attempt is used: the rows were never considered.
-        const until = Date.now() + res.resetMs;
-        limiter.pauseUntil(until);
-        metrics.rateLimitPauses.inc(label);
-        log.warn({ resetMs: res.resetMs }, "ShipStation rate limit hit (429); pausing uploads");
+        const until = await pauseForReset(res.resetMs, "ShipStation rate limit hit (429)");
         return rows.map((r) => ({ id: r.id, kind: "defer", at: new Date(until) }));
       }
       case "auth": {
-        // Every order would fail the same way: stop uploading until the credentials are
-        // fixed (restart), keeping all orders pending rather than failing them.
-        credentialsRejected = res.error;
-        log.error(res.error);
-        return rows.map((r) => ({ id: r.id, kind: "defer", at: new Date() }));
+        // Every order would fail the same way: keep them pending and try the credentials
+        // again with a back-off, resuming by itself when they work.
+        const failures = (credentials?.failures ?? 0) + 1;
+        const delay = exponentialBackoff(
+          failures - 1,
+          CREDENTIALS_RETRY_BASE_MS,
+          CREDENTIALS_RETRY_CAP_MS,
+        );
+        credentials = {
+          error: res.error,
+          failures,
+          retryAt: Date.now() + delay,
+          since: credentials?.since ?? new Date(),
+        };
+        log.error({ retryInMs: delay, failures }, res.error);
+        const at = new Date(credentials.retryAt);
+        return rows.map((r) => ({ id: r.id, kind: "defer", at }));
       }
-      case "rejected":
-        return rows.map((r) => ({ id: r.id, kind: "failed", error: res.error }));
+      case "rejected": {
+        if (rows.length === 1) {
+          const [row] = rows as [ClaimedOrder];
+          return [{ id: row.id, kind: "failed", error: res.error }];
+        }
+        const half = Math.ceil(rows.length / 2);
+        log.info(
+          { rows: rows.length, status: res.status },
+          "ShipStation refused a whole batch; splitting it to find the order at fault",
+        );
+        return [
+          ...(await send(rows.slice(0, half), jsons.slice(0, half))),
+          ...(await send(rows.slice(half), jsons.slice(half))),
+        ];
+      }
       case "transient":
         return rows.map((r) => retryOrFail(r, UPLOAD_RETRY_SCHEDULE_SECONDS, res.error));
     }
+  }
+
+  function checks(): WorkloadCheck[] {
+    if (!client) {
+      return [
+        {
+          name: "credentials",
+          status: "warn",
+          observedValue: false,
+          output: "SHIPSTATION_API_KEY/SECRET not set: uploads paused",
+        },
+      ];
+    }
+    if (credentials) {
+      return [
+        {
+          name: "credentials",
+          status: "fail",
+          observedValue: false,
+          output: `${credentials.error} (since ${credentials.since.toISOString()}); next try at ${new Date(credentials.retryAt).toISOString()}`,
+        },
+      ];
+    }
+    return [{ name: "credentials", status: "pass", observedValue: true }];
   }
 
   return {
@@ -130,21 +217,24 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
     disabledReason,
     unitSize: () => settings.upload_batch_size,
     concurrency: () => settings.upload_concurrency,
-    pausedUntil: () => limiter.pausedUntil(),
+    retryScheduleSeconds: () => UPLOAD_RETRY_SCHEDULE_SECONDS,
+    pausedUntil,
+    pauseReason,
+    checks,
     async process(rows) {
       const outcomes: Outcome[] = [];
       const sendable: ClaimedOrder[] = [];
-      const orders: ShipStationOrder[] = [];
+      const jsons: string[] = [];
       for (const row of rows) {
         const built = buildOrder(row);
         if (built.ok) {
           sendable.push(row);
-          orders.push(built.order);
+          jsons.push(built.json);
         } else {
           outcomes.push({ id: row.id, kind: "failed", error: built.error });
         }
       }
-      if (sendable.length > 0) outcomes.push(...(await send(sendable, orders)));
+      if (sendable.length > 0) outcomes.push(...(await send(sendable, jsons)));
       return outcomes;
     },
   };
