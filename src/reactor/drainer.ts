@@ -15,6 +15,11 @@ import type { WakeReason, Workload } from "./workload.js";
 const MAX_TIMER_MS = 60 * 60 * 1000;
 /** After a drain, the queue stats query runs at most this often (the poll runs it too). */
 const STATS_EVERY_MS = 5_000;
+/**
+ * While the workload is disabled or paused, a wake-up refreshes the stats (at most this
+ * often) instead of claiming, so backlog and oldest age keep counting the rows that wait.
+ */
+const HELD_STATS_EVERY_MS = 1_000;
 /** Progress is logged as one summary line at most this often while work flows. */
 const SUMMARY_EVERY_MS = 5_000;
 
@@ -95,6 +100,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   };
   let summary = { counts: zeroCounts(), since: 0 };
   let summaryTimer: NodeJS.Timeout | null = null;
+  let heldStatsTimer: NodeJS.Timeout | null = null;
 
   function leaveFlight(ids: number[]) {
     for (const id of ids) inFlight.delete(id);
@@ -249,13 +255,18 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   }
 
   async function drain() {
+    let held = false;
     try {
       while (!stopping) {
         again = false;
-        if (!workload.enabled()) break;
+        if (!workload.enabled()) {
+          held = true;
+          break;
+        }
         const paused = workload.pausedUntil();
         if (paused > Date.now()) {
           armTimer(paused);
+          held = true;
           break;
         }
         const free = workload.concurrency() - units.size;
@@ -330,9 +341,17 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     // The stats query (next due row, gauges, leases of crashed replicas) runs when rows
     // were scheduled for later during this drain, else at most every STATS_EVERY_MS
     // here; the safety poll runs it too.
-    if (futureWork || Date.now() - lastStatsAt >= STATS_EVERY_MS) {
+    const sinceStats = Date.now() - lastStatsAt;
+    if (futureWork || sinceStats >= STATS_EVERY_MS || (held && sinceStats >= HELD_STATS_EVERY_MS)) {
       futureWork = false;
       await refreshStats();
+    } else if (held && !heldStatsTimer) {
+      // A burst of wake-ups while held costs one stats query a second, the last one included.
+      heldStatsTimer = setTimeout(() => {
+        heldStatsTimer = null;
+        if (!stopping) void refreshStats();
+      }, HELD_STATS_EVERY_MS - sinceStats);
+      heldStatsTimer.unref?.();
     }
   }
 
@@ -368,6 +387,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
         log.warn({ inFlightRows: inFlight.size }, "shutdown grace ran out with work in flight");
       finalizer.stop();
       if (renewTimer) clearTimeout(renewTimer);
+      if (heldStatsTimer) clearTimeout(heldStatsTimer);
       if (summaryTimer) {
         clearTimeout(summaryTimer);
         logSummary();
