@@ -12,6 +12,14 @@ import {
 } from "./helpers/db.js";
 import { metricTotal, startReactor, startReplicas } from "./helpers/reactor.js";
 
+/** reactor_wakeups_total for uploads with this reason. */
+async function wakeups(app: App, reason: string): Promise<number> {
+  const { values } = await app.metrics.wakeups.get();
+  return (
+    values.find((v) => v.labels.workload === "uploads" && v.labels.reason === reason)?.value ?? 0
+  );
+}
+
 describe("resilience of the core reactor", () => {
   let db: TestDatabase;
   let fake: FakeShipStation;
@@ -30,14 +38,26 @@ describe("resilience of the core reactor", () => {
     await db.drop();
   });
 
-  it("orders inserted while the listener backend is killed are uploaded after the reconnect, not by the poll", async () => {
+  it("orders whose NOTIFY was lost are uploaded by the catch-up after a listener reconnect, not by the poll", async () => {
     const app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
     apps.push(app);
+    const uploads = app.reactor.drainers.get("uploads");
+    // The start-up drain must be over, or it (not the reconnect) would find the orders.
+    await waitFor(() => uploads?.state().running === false, { what: "the start-up drain" });
     const reconnectsBefore = app.reactor.listener().state().reconnects;
-    const killed = await terminateListener(db.pool);
-    expect(killed).toHaveLength(1);
-    // Inserted while the listener is (very likely) down: their NOTIFY is lost.
-    await insertOrders(db.pool, 20, { prefix: "cut" });
+    const notifyWakesBefore = await wakeups(app, "notify");
+    const reconnectWakesBefore = await wakeups(app, "reconnect");
+    const pollsBefore = await metricTotal(app.metrics.safetyPolls);
+    // Committed with triggers off: exactly what the reactor sees when a NOTIFY is lost.
+    const client = await db.pool.connect();
+    try {
+      await client.query("SET session_replication_role = replica");
+      await insertOrders(client, 20, { prefix: "lost" });
+      await client.query("RESET session_replication_role");
+    } finally {
+      client.release();
+    }
+    expect(await terminateListener(db.pool)).toHaveLength(1);
     await waitFor(
       async () => {
         const r = await db.pool.query(
@@ -48,13 +68,15 @@ describe("resilience of the core reactor", () => {
       { timeoutMs: 30_000, what: "orders after reconnect" },
     );
     expect(app.reactor.listener().state().reconnects).toBeGreaterThan(reconnectsBefore);
-    expect(app.reactor.listener().state().connected).toBe(true);
-    expect(app.reactor.poll.lastPollAt()?.getTime() ?? 0).toBeLessThan(Date.now());
+    expect(await wakeups(app, "reconnect")).toBeGreaterThan(reconnectWakesBefore);
+    // No notification announced them and the safety poll never ran: only the catch-up did.
+    expect(await wakeups(app, "notify")).toBe(notifyWakesBefore);
+    expect(await metricTotal(app.metrics.safetyPolls)).toBe(pollsBefore);
+    expect(fake.received.size).toBe(20);
     // And the new connection hears new notifications again.
     await insertOrders(db.pool, 1, { prefix: "after" });
-    await waitFor(() => [...fake.received.keys()].length === 21, {
-      what: "the order after reconnect",
-    });
+    await waitFor(() => fake.received.size === 21, { what: "the order after reconnect" });
+    expect(await wakeups(app, "notify")).toBeGreaterThan(notifyWakesBefore);
     await app.stop(1_000);
     apps.pop();
   });
@@ -65,7 +87,11 @@ describe("resilience of the core reactor", () => {
     const [id] = await insertOrders(db.pool, 1, { prefix: "crash" });
     // A worker claims with a 2 s lease and dies before finalizing.
     const queue = makeOrdersQueue(db.pool as never);
-    const claimed = await queue.claim("crashed-worker/dead", 10, 2);
+    const claimed = await queue.claim("crashed-worker/dead", {
+      limit: 10,
+      leaseSeconds: 2,
+      maxAttempts: 10,
+    });
     expect(claimed.map((r) => r.id)).toEqual([id]);
     const app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
     apps.push(app);
@@ -86,11 +112,12 @@ describe("resilience of the core reactor", () => {
     });
     expect(row.locked_by).toBeNull();
     // The dead worker's late finalize is ignored: it no longer holds the lease.
-    expect(
-      await queue.finalize("crashed-worker/dead", [
-        { id: id as number, kind: "failed", error: "late" },
-      ]),
-    ).toBe(0);
+    const late = await queue.finalize("crashed-worker/dead", [
+      { id: id as number, kind: "failed", error: "late" },
+    ]);
+    expect(late.done).toEqual([]);
+    const after = await db.pool.query("SELECT upload_state FROM orders_inbox WHERE id = $1", [id]);
+    expect(after.rows[0].upload_state).toBe("uploaded");
     await app.stop(1_000);
     apps.pop();
   });
@@ -114,6 +141,7 @@ describe("resilience of the core reactor", () => {
     await db.pool.query(
       "DELETE FROM configuration_params WHERE parameter_name = 'upload_batch_size'",
     );
+    await Promise.all(apps.splice(apps.indexOf(a), 2).map((r) => r.stop(1_000)));
   });
 
   it("uploads stay paused, orders pending, when no ShipStation credentials are configured", async () => {
@@ -128,5 +156,16 @@ describe("resilience of the core reactor", () => {
     expect(uploads?.disabledReason()).toMatch(
       /SHIPSTATION_API_KEY and SHIPSTATION_API_SECRET are not set/,
     );
+    await db.pool.query("TRUNCATE orders_inbox");
+    fake.calls.length = 0;
+    await insertOrders(db.pool, 3, { prefix: "nocreds" });
+    // The poll sees the due orders; a drain it (or the NOTIFY) started would have sent them.
+    await app.reactor.poll.pollNow();
+    await waitFor(() => app.reactor.drainers.get("uploads")?.state().running === false, {
+      what: "the uploads drainer idle",
+    });
+    const { rows } = await db.pool.query("SELECT upload_state FROM orders_inbox");
+    expect(rows).toEqual(Array(3).fill({ upload_state: "pending" }));
+    expect(fake.calls).toHaveLength(0);
   });
 });
