@@ -315,6 +315,13 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
           }
         }
         if (claimed.length < want) {
+          // Only the earliest retry timer is armed; before waiting on units that may run
+          // long, find the next due row so later retries are not left for the drain's end.
+          if (futureWork) {
+            futureWork = false;
+            await refreshStats();
+            if (again) continue;
+          }
           // Nothing more was claimable. New rows announce themselves (NOTIFY sets
           // `again`, also for rows a finalize hands back as due now), so without a
           // wake-up there is no point in claiming again; just let the units finish.
