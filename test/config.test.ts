@@ -108,8 +108,12 @@ describe("live configuration", () => {
     await setSetting(db.pool, "uploads_enabled", "false");
     await waitFor(() => app.settings.current.uploads_enabled === false);
     await insertOrders(db.pool, 5);
-    // Nothing may be sent while disabled; the poll also sees the flag.
+    // Nothing may be sent while disabled; the poll also sees the flag. A drain the poll or
+    // the NOTIFY started would have sent them by the time the drainer is idle again.
     await app.reactor.poll.pollNow();
+    await waitFor(() => app.reactor.drainers.get("uploads")?.state().running === false, {
+      what: "the uploads drainer idle",
+    });
     const pending = await db.pool.query(
       "SELECT count(*)::int AS n FROM orders_inbox WHERE upload_state = 'pending'",
     );
