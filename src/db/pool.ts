@@ -13,6 +13,16 @@ export interface PoolOptions {
   applicationName?: string;
 }
 
+/** A connection attempt that gets no answer is an error after this long. */
+export const CONNECT_TIMEOUT_MS = 5_000;
+/**
+ * No statement of the reactor's should take this long; one that does (a server that
+ * accepts connections and never answers, a lock nobody releases) fails, and the pool
+ * discards that connection. Client-side, so it works through PgBouncer in transaction
+ * mode, which refuses a statement_timeout startup parameter.
+ */
+export const QUERY_TIMEOUT_MS = 30_000;
+
 /**
  * A pool for short statements (claims, finalizes, probes). Idle-client errors (a
  * restarted server) are logged, not thrown: the next query reconnects.
@@ -23,7 +33,8 @@ export function makePool(url: string, logger: Logger, options: PoolOptions = {})
     application_name: options.applicationName ?? POOL_APPLICATION_NAME,
     max: options.max ?? 10,
     // Fail fast when the server is down so drain loops back off instead of hanging.
-    connectionTimeoutMillis: 5_000,
+    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    query_timeout: QUERY_TIMEOUT_MS,
     idleTimeoutMillis: 30_000,
     keepAlive: true,
   });
