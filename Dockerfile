@@ -1,17 +1,31 @@
-# pg-reactor image: production dependencies only, non-root, signals straight to Node.
+# pg-reactor image: compiled JavaScript and production dependencies only (no TypeScript
+# runtime, no embedded Postgres: DATABASE_URL is required), non-root, and nothing written
+# at run time, so it runs with a read-only root filesystem:
+#   docker run --read-only -e DATABASE_URL=postgres://… -p 8080:8080 pg-reactor
+
+# Build: the full dependency tree, then tsc to dist/ (type-checked).
+FROM node:20-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+# No install scripts: the build only needs typescript and type definitions.
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+RUN npm run build
+
+# Production dependencies only.
 FROM node:20-bookworm-slim AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
-# Only the install scripts package.json allows (allowScripts) run.
-RUN npm ci --omit=dev --no-audit --no-fund
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
-COPY package.json tsconfig.json ./
+COPY --from=build /app/dist ./dist
+COPY package.json ./
 COPY bin ./bin
-COPY src ./src
 COPY drizzle ./drizzle
 COPY sql ./sql
 USER node
@@ -19,4 +33,4 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.HTTP_PORT||8080)+'/health/live').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 # Exec form, no shell: SIGTERM goes straight to Node, whose handler drains and exits 0.
-CMD ["node", "--import", "tsx", "src/main.ts"]
+CMD ["node", "dist/main.js"]

@@ -8,14 +8,29 @@ import Fastify, {
 } from "fastify";
 import type { App } from "../app.js";
 import type { Logger } from "../logger.js";
+import { VERSION } from "../version.js";
 import { registerAdminRoutes } from "./admin.js";
 import { buildHealth } from "./health.js";
 import { buildStatus } from "./status.js";
 
+/**
+ * Why the process is not ready yet ("starting: database unreachable: …"), or null once
+ * the app runs. main starts the server before the database answers, so probes see the
+ * start instead of a refused connection.
+ */
+export type StartupReason = () => string | null;
+
+/** Answered while starting: liveness, the metrics registry (it exists), and readiness. */
+const SERVED_WHILE_STARTING = new Set(["/health/live", "/metrics", "/health", "/health/ready"]);
+
 /** Postgres errors that mean "your input was refused", answered as 400 with the reason. */
 const INPUT_ERROR_CODES = new Set(["23514", "23505", "23502", "22P02", "22007", "22008", "22001"]);
 
-export async function buildStatusServer(app: App, logger: Logger): Promise<FastifyInstance> {
+export async function buildStatusServer(
+  app: App,
+  logger: Logger,
+  startupReason: StartupReason = () => null,
+): Promise<FastifyInstance> {
   const server: FastifyInstance = Fastify({
     loggerInstance: logger.child({ component: "http" }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
@@ -55,9 +70,23 @@ export async function buildStatusServer(app: App, logger: Logger): Promise<Fasti
     },
   );
 
+  // Everything else waits for the app: /status and the admin API need a migrated database.
+  server.addHook("onRequest", async (req, reply) => {
+    const reason = startupReason();
+    if (reason === null || SERVED_WHILE_STARTING.has(req.routeOptions.url ?? "")) return;
+    return reply
+      .code(503)
+      .send({ statusCode: 503, error: "Service Unavailable", status: "starting", message: reason });
+  });
+
   server.get("/health/live", async () => ({ status: "pass" }));
 
   const health = async (_req: unknown, reply: FastifyReply) => {
+    const reason = startupReason();
+    if (reason !== null) {
+      // From memory, never the database: a probe answers at once even while it hangs.
+      return reply.code(503).type("application/health+json").send(startingHealth(app, reason));
+    }
     const result = await buildHealth(app);
     return reply
       .code(result.status === "fail" ? 503 : 200)
@@ -77,6 +106,27 @@ export async function buildStatusServer(app: App, logger: Logger): Promise<Fasti
   return server;
 }
 
+/** /health while the process starts: one failing check that says what it is waiting for. */
+function startingHealth(app: App, reason: string) {
+  return {
+    status: "fail",
+    version: VERSION,
+    serviceId: app.env.instanceId,
+    description: "pg-reactor",
+    output: reason,
+    checks: {
+      "startup:ready": [
+        {
+          status: "fail",
+          componentType: "component",
+          time: new Date().toISOString(),
+          output: reason,
+        },
+      ],
+    },
+  };
+}
+
 /** The base URL a listening server answers on (HTTP_PORT=0 picks the port). */
 export function serverUrl(server: FastifyInstance): string {
   const address = server.server.address();
@@ -86,8 +136,12 @@ export function serverUrl(server: FastifyInstance): string {
   return `http://${host}:${address.port}`;
 }
 
-export async function startStatusServer(app: App, logger: Logger): Promise<FastifyInstance> {
-  const server = await buildStatusServer(app, logger);
+export async function startStatusServer(
+  app: App,
+  logger: Logger,
+  startupReason?: StartupReason,
+): Promise<FastifyInstance> {
+  const server = await buildStatusServer(app, logger, startupReason);
   await server.listen({ host: app.env.httpHost, port: app.env.httpPort });
   return server;
 }

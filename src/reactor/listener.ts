@@ -3,6 +3,7 @@
 // reports every (re)connect so the reactor can catch up, and stops for good on close().
 import pg from "pg";
 import pgListen from "pg-listen";
+import { CONNECT_TIMEOUT_MS } from "../db/connect.js";
 import { LISTENER_APPLICATION_NAME } from "../db/pool.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
@@ -15,6 +16,8 @@ const RECONNECT_BASE_MS = 250;
 const RECONNECT_CAP_MS = 10_000;
 /** A channel check that takes longer than this means the connection is dead. */
 const CHECK_TIMEOUT_MS = 10_000;
+/** Server- and client-side limit of each statement on the LISTEN connection. */
+const QUERY_TIMEOUT_MS = 10_000;
 
 // pg-listen is CommonJS with `exports.default`; Node's ESM import hands us the exports object.
 type CreateSubscriber = typeof import("pg-listen").default;
@@ -71,6 +74,28 @@ export function parsePayload(raw: string | undefined): NotificationPayload | nul
   return null;
 }
 
+/**
+ * Makes `client.query` wait for the previous query to settle before it is sent. pg-listen
+ * re-LISTENs all channels at once after a reconnect (Promise.all), and our channel check
+ * can overlap them: pg 8 prints a DeprecationWarning for every overlapping query (a
+ * non-JSON line in the log stream) and pg 9 refuses them. Promise-style calls only, which
+ * is all pg-listen and this module make; callback and Submittable calls pass straight on.
+ */
+function serializeQueries(issue: (...args: unknown[]) => unknown): pg.Client["query"] {
+  let last: Promise<unknown> = Promise.resolve();
+  const serialized = (...args: unknown[]): unknown => {
+    const first = args[0] as { submit?: unknown } | undefined;
+    if (typeof args.at(-1) === "function" || typeof first?.submit === "function") {
+      return issue(...args);
+    }
+    const run = () => issue(...args);
+    const result = last.then(run, run);
+    last = result.catch(() => undefined);
+    return result;
+  };
+  return serialized as pg.Client["query"];
+}
+
 export function makeListener(options: ListenerOptions): Listener {
   const { logger, metrics } = options;
   const log = logger.child({ component: "listener" });
@@ -101,6 +126,7 @@ export function makeListener(options: ListenerOptions): Listener {
       this.once("connect", () => {
         current = this;
       });
+      this.query = serializeQueries(super.query.bind(this));
     }
   }
   const originalClient = pg.Client;
@@ -108,7 +134,15 @@ export function makeListener(options: ListenerOptions): Listener {
   (pg as { Client: typeof pg.Client }).Client = TrackedClient;
   try {
     subscriber = createSubscriber(
-      { connectionString: options.url, application_name: LISTENER_APPLICATION_NAME },
+      {
+        connectionString: options.url,
+        application_name: LISTENER_APPLICATION_NAME,
+        // A server that accepts TCP and never answers is an error in seconds, not a hang.
+        connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+        // LISTEN, UNLISTEN and the channel check are instant; anything slower is a dead link.
+        statement_timeout: QUERY_TIMEOUT_MS,
+        query_timeout: QUERY_TIMEOUT_MS,
+      },
       {
         // pg-listen's default retryTimeout (3 s) gives up forever after a short outage.
         retryLimit: Number.POSITIVE_INFINITY,
