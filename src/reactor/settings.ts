@@ -18,7 +18,7 @@ import {
 export type { SettingRow };
 
 /** Reloads in a burst of config notifications are at least this far apart. */
-const MIN_RELOAD_GAP_MS = 20;
+export const MIN_RELOAD_GAP_MS = 20;
 
 export interface SettingChange {
   name: SettingName;

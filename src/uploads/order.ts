@@ -127,7 +127,7 @@ const keepDigits = (text: string) => new LosslessNumber(text);
 function describe(value: unknown): string {
   if (value === null) return "null";
   if (Array.isArray(value)) return "an array";
-  if (isLosslessNumber(value)) return "a number";
+  if (isLosslessNumber(value)) return "number";
   return typeof value;
 }
 
@@ -147,7 +147,12 @@ export function buildOrder(row: OrderRow): BuildResult {
     } catch (err) {
       return fail(`payload could not be read: ${(err as Error).message}`);
     }
-    if (payload === null || typeof payload !== "object" || Array.isArray(payload)) {
+    const isObject =
+      payload !== null &&
+      typeof payload === "object" &&
+      !Array.isArray(payload) &&
+      !isLosslessNumber(payload);
+    if (!isObject) {
       return fail(`payload must be a JSON object, got ${describe(payload)}`);
     }
     const numberLength = [...row.order_number].length;

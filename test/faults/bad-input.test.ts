@@ -68,7 +68,7 @@ describe("fault: bad-input corpus", () => {
         "date-number",
         "M-4",
         validPayload({ orderDate: 20261123 }),
-        /payload\.orderDate must be an ISO-8601 date string/,
+        /payload\.orderDate must be an ISO 8601 date-time string/,
       ],
       ["payload-string", "M-5", "just text", /payload must be a JSON object, got string/],
       ["payload-number", "M-6", 42, /payload must be a JSON object, got number/],
@@ -138,7 +138,7 @@ describe("fault: bad-input corpus", () => {
       );
       return r.rows[0]?.state === "failed" ? r.rows[0] : null;
     });
-    expect(row.last_error).toMatch(/event body is \d+ bytes; webhooks carry at most 262144/);
+    expect(row.last_error).toMatch(/event payload is \d+ bytes; webhooks carry at most 262144/);
     expect(receiver.delivered.has(big.rows[0].id)).toBe(false);
   });
 
