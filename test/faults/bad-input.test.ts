@@ -79,7 +79,7 @@ describe("fault: bad-input corpus", () => {
         "huge",
         "M-9",
         validPayload({ notes: "x".repeat(1024 * 1024) }),
-        /order is \d+ bytes; the limit is 262144/,
+        /payload is \d+ bytes; the limit is 262144/,
       ],
       ["good-1", "G-1", validPayload(), null],
       ["good-2", "G-2", validPayload({ shipTo: { name: "Grace 👩‍💻 Hopper" } }), null],
