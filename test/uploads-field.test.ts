@@ -8,6 +8,7 @@ import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shi
 import { buildHealth } from "../src/http/health.js";
 import { buildStatus } from "../src/http/status.js";
 import type { DrainerEvent } from "../src/reactor/drainer.js";
+import { CLAIM_MAX_BYTES } from "../src/reactor/lease-queue.js";
 import { makeOrdersQueue } from "../src/uploads/queue.js";
 import {
   createTestDatabase,
@@ -273,6 +274,23 @@ describe("uploads in the field", () => {
     expect(rows[0]?.last_error).toMatch(
       /^invalid order: payload is \d+ bytes; the limit is 262144$/,
     );
+  });
+
+  it("a claim stops adding rows once their payloads reach CLAIM_MAX_BYTES", async () => {
+    // 200 orders of ~200 KB each (40 MB), built server-side.
+    await db.pool.query(
+      `INSERT INTO orders_inbox (order_number, payload)
+       SELECT 'M-' || g, $1::jsonb || jsonb_build_object('notes', repeat('x', 200000))
+       FROM generate_series(1, 200) g`,
+      [JSON.stringify(validPayload())],
+    );
+    const queue = makeOrdersQueue(db.pool as never);
+    const claimed = await queue.claim("probe/2", { limit: 200, leaseSeconds: 60, maxAttempts: 9 });
+    const bytes = claimed.reduce((sum, r) => sum + r.payload_bytes, 0);
+    expect(claimed.length).toBeGreaterThan(100);
+    expect(claimed.length).toBeLessThan(200);
+    expect(bytes).toBeLessThanOrEqual(CLAIM_MAX_BYTES);
+    await queue.release("probe/2");
   });
 
   it("a row whose process died on every attempt ends failed instead of being leased forever", async () => {
