@@ -276,6 +276,26 @@ describe("uploads in the field", () => {
     );
   });
 
+  it("orders of 16 MB each are refused without the process loading them", async () => {
+    await db.pool.query(
+      `INSERT INTO orders_inbox (order_number, order_key, payload)
+       SELECT 'H-' || g, 'huge-' || g, $1::jsonb || jsonb_build_object('notes', repeat(md5(g::text), 500000))
+       FROM generate_series(1, 20) g`,
+      [JSON.stringify(validPayload())],
+    );
+    await insertOrders(db.pool, 5, { prefix: "small" });
+    const heapBefore = process.memoryUsage().heapUsed;
+    await start();
+    const rows = await settled();
+    expect(rows.filter((r) => r.upload_state === "failed")).toHaveLength(20);
+    expect(rows.filter((r) => r.upload_state === "uploaded")).toHaveLength(5);
+    expect(rows[0]?.last_error).toMatch(
+      /^invalid order: payload is 16\d{6} bytes; the limit is 262144$/,
+    );
+    // 320 MB of payloads never reached this process.
+    expect(process.memoryUsage().heapUsed - heapBefore).toBeLessThan(100 * 1024 * 1024);
+  });
+
   it("a claim stops adding rows once their payloads reach CLAIM_MAX_BYTES", async () => {
     // 200 orders of ~200 KB each (40 MB), built server-side.
     await db.pool.query(
