@@ -1,4 +1,4 @@
--- Triggers on orders_inbox (DESIGN.md §3.2): one tiny NOTIFY per statement, only when
+-- Triggers on orders_inbox (docs/architecture.md, invariant 2): one tiny NOTIFY per statement, only when
 -- some row became due for upload; and the re-queue rule for changed open orders.
 -- Applied by `npm run migrate` after the drizzle migrations; safe to run again.
 

@@ -1,4 +1,4 @@
--- Outbox fan-out (DESIGN.md §4): in the transaction that inserts events, create one
+-- Outbox fan-out (docs/architecture.md, fixed names): in the transaction that inserts events, create one
 -- webhook_deliveries row per (new event, enabled matching subscription), then notify
 -- reactor_deliveries once per statement, only if any delivery was created.
 -- A subscription matches when its event_types is empty, names the event type exactly,

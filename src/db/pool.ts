@@ -1,4 +1,4 @@
-// Connection pools. Every connection names itself in pg_stat_activity (DESIGN.md §4) so
+// Connection pools. Every connection names itself in pg_stat_activity (docs/architecture.md §3) so
 // operators and fault tests can find the reactor's sessions.
 import pg from "pg";
 import type { Logger } from "../logger.js";

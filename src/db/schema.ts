@@ -1,5 +1,5 @@
 // The tables, as drizzle sees them. drizzle-kit generates drizzle/*.sql from this file;
-// triggers and functions are plain SQL in sql/. Names are fixed by DESIGN.md §4.
+// triggers and functions are plain SQL in sql/. Names are fixed (docs/architecture.md §3).
 import { sql } from "drizzle-orm";
 import {
   bigint,

@@ -1,4 +1,4 @@
-// Wires the generic parts together (DESIGN.md §2): listener → wake(workload) → drainer,
+// Wires the generic parts together (docs/architecture.md §1): listener → wake(workload) → drainer,
 // safety poll → wake(all), (re)connect → wake(all) + settings reload. Knows nothing
 // about orders or webhooks; workloads are handed in.
 import type { Pool } from "../db/pool.js";

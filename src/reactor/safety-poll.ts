@@ -1,4 +1,4 @@
-// The slow safety net (DESIGN.md §2): every poll_interval_seconds, ONE query asks every
+// The slow safety net (docs/architecture.md §1): every poll_interval_seconds, ONE query asks every
 // workload table what is due and re-reads the settings (a config notification may have
 // been lost). Due work is woken; future work arms the drainers' timers. At idle this is
 // the only query the reactor makes, besides the listener's channel check.
