@@ -45,6 +45,8 @@ export interface EmbeddedPostgres {
   port: number;
   /** Where the cluster lives (not `dir` when the postgres OS user cannot enter `dir`). */
   dataDir: string;
+  /** The binaries it runs (a copy when the postgres OS user cannot reach the package's). */
+  binDir: string;
   stop(): Promise<void>;
 }
 
@@ -491,7 +493,7 @@ export async function planEmbeddedPostgres(options: EmbeddedOptions): Promise<Pl
           `embedded Postgres started but did not accept a connection: ${firstLine(err)}`,
         );
       }
-      return { url: urlFor(port, options.database), port, dataDir, stop };
+      return { url: urlFor(port, options.database), port, dataDir, binDir: runnable, stop };
     },
   };
 }
