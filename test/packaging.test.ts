@@ -128,7 +128,9 @@ describe("packaging", () => {
       // What the image holds: dist/ from tsc, package.json, migrations, bin/ ...
       await run(
         process.execPath,
-        [`${ROOT}node_modules/typescript/bin/tsc`, "-p", "tsconfig.build.json", "--noCheck"].concat(
+        // The same transpile-only build as npm start's prestart ("tsc -p … --noCheck …").
+        [`${ROOT}node_modules/typescript/bin/tsc`].concat(
+          (JSON.parse(await read("package.json")).scripts.prestart as string).split(" ").slice(1),
           ["--outDir", `${dir}/dist`],
         ),
         { cwd: ROOT },
