@@ -239,7 +239,8 @@ describe("uploads in the field", () => {
       },
       { timeoutMs: 10_000, what: "backlog 5 without waiting for the safety poll" },
     );
-    expect(stats.oldestPendingAgeSeconds).toBeGreaterThanOrEqual(90);
+    // now() is each transaction's start: allow the stats read to have begun a hair earlier.
+    expect(stats.oldestPendingAgeSeconds).toBeGreaterThan(89);
     const gauge = (await app.metrics.backlog.get()).values.find(
       (v) => v.labels.workload === "uploads",
     );
