@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
@@ -8,7 +9,7 @@ import {
   validPayload,
   waitFor,
 } from "./helpers/db.js";
-import { spawnEntry } from "./helpers/process.js";
+import { spawnCommand, spawnEntry, statusUrl } from "./helpers/process.js";
 
 describe("the process", () => {
   let db: TestDatabase;
@@ -49,6 +50,42 @@ describe("the process", () => {
     );
     expect(rows[0]).toEqual({ upload_state: "uploaded", locked_by: null });
     expect(proc.output()).toContain("stopped cleanly");
+  });
+
+  it("npm start builds and runs the compiled service, and a SIGTERM sent to npm stops it cleanly", async () => {
+    // Orchestrators and people signal npm, which forwards to its child: that child must be
+    // the service itself, not a shell that dies and leaves the service running.
+    const proc = spawnCommand("npm", ["start"], { DATABASE_URL: db.url, HTTP_PORT: "0" });
+    try {
+      const base = await waitFor(() => statusUrl(proc), {
+        what: "the status server",
+        timeoutMs: 60_000,
+      });
+      await waitFor(async () => (await fetch(`${base}/health/ready`)).status === 200, {
+        what: "ready",
+        timeoutMs: 30_000,
+      });
+      expect(proc.output()).toContain("node dist/main.js");
+      proc.child.kill("SIGTERM");
+      const { code } = await proc.exited;
+      expect(code, proc.output()).toBe(0);
+      expect(proc.output()).toContain("stopped cleanly");
+    } finally {
+      if (proc.child.exitCode === null) {
+        // npm's child (the service) outlives a SIGKILL of npm: end it first.
+        const children = (() => {
+          try {
+            return execFileSync("ps", ["-o", "pid=", "--ppid", String(proc.child.pid)]).toString();
+          } catch {
+            return ""; // ps exits 1 when there is none
+          }
+        })();
+        for (const pid of children.trim().split(/\s+/).filter(Boolean)) {
+          process.kill(Number(pid), "SIGKILL");
+        }
+        proc.child.kill("SIGKILL");
+      }
+    }
   });
 
   it("an invalid environment variable exits 1 with one line naming it", async () => {

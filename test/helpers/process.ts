@@ -25,7 +25,17 @@ export function spawnNode(
   env: Record<string, string>,
   options: SpawnOptions = {},
 ): Spawned {
-  const child = spawn(process.execPath, args, {
+  return spawnCommand(process.execPath, args, env, options);
+}
+
+/** Any command (npm, say), like spawnNode. */
+export function spawnCommand(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+  options: SpawnOptions = {},
+): Spawned {
+  const child = spawn(command, args, {
     cwd: options.cwd ?? ROOT,
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
     stdio: ["ignore", "pipe", "pipe"],
