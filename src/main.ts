@@ -144,7 +144,9 @@ async function main() {
   const migrated = await untilReachable(
     "migrate",
     async () => {
-      const { sqlApplied } = await migrate(plan.url);
+      // Over the direct connection when there is one: migrate holds a session advisory
+      // lock, which PgBouncer in transaction mode would not keep on one server connection.
+      const { sqlApplied } = await migrate(env.listenDatabaseUrl ?? plan.url);
       log.info({ sqlApplied }, "database schema is current");
       setReason("starting: starting the reactor (settings, LISTEN connection)");
       // Only its first step (reading the settings) can fail; then nothing has started.
