@@ -2,11 +2,10 @@
 // workloads, reactor and status server. main.ts adds the process concerns (embedded
 // Postgres, migrate, signals); tests call this directly to run reactors in-process.
 import { randomBytes } from "node:crypto";
-import type { LookupFunction } from "node:net";
 import type { Env } from "./config/env.js";
 import { makePool, type Pool } from "./db/pool.js";
 import { makeDeliveriesQueue } from "./deliveries/queue.js";
-import { guardedLookup } from "./deliveries/ssrf.js";
+import { makeAddressPolicy } from "./deliveries/ssrf.js";
 import { makeDeliveriesWorkload } from "./deliveries/workload.js";
 import type { Logger } from "./logger.js";
 import { type Metrics, makeMetrics } from "./metrics.js";
@@ -79,11 +78,9 @@ export function makeApp(options: AppOptions): App {
     pool,
     queue: makeDeliveriesQueue(pool),
     settings: settings.current,
-    agent: makeAgent({
-      connections: 64,
-      // Checks the address actually dialled, so DNS rebinding cannot reach a private network.
-      lookup: env.webhookAllowPrivateNetworks ? undefined : (guardedLookup as LookupFunction),
-    }),
+    // The SSRF guard checks the address actually dialled, so DNS rebinding cannot reach a
+    // private network; WEBHOOK_ALLOWED_NETWORKS widens it, ..._ALLOW_PRIVATE_NETWORKS lifts it.
+    agent: makeAgent({ connections: 64, guard: makeAddressPolicy(env) }),
     allowPrivateNetworks: env.webhookAllowPrivateNetworks,
     logger,
     metrics,

@@ -1,6 +1,11 @@
-// Pure units: environment parsing, settings parsing, notification payloads, the SSRF guard.
+// Units: environment parsing, settings parsing, notification payloads, the SSRF guard and
+// the webhook client's reading of Retry-After (against a real receiver on loopback).
 import { describe, expect, it } from "vitest";
 import { EnvError, loadEnv } from "../src/config/env.js";
+import { makeAddressPolicy } from "../src/deliveries/ssrf.js";
+import { sendWebhook } from "../src/deliveries/webhook-client.js";
+import { startReceiver } from "../src/demo/receiver.js";
+import { makeAgent } from "../src/outbound/http.js";
 import { scheduledDelayMs } from "../src/reactor/backoff.js";
 import { parsePayload } from "../src/reactor/listener.js";
 import {
@@ -18,6 +23,7 @@ describe("environment", () => {
       httpPort: 8080,
       adminToken: undefined,
       webhookAllowPrivateNetworks: false,
+      webhookAllowedNetworks: [],
       logLevel: "info",
     });
     expect(env.shipstation.baseUrl).toBe("https://ssapi.shipstation.com");
@@ -33,6 +39,13 @@ describe("environment", () => {
       /^WEBHOOK_ALLOW_PRIVATE_NETWORKS must be true or false/,
     ],
     [{ LOG_LEVEL: "loud" }, /^LOG_LEVEL must be one of fatal, error/],
+    [
+      { WEBHOOK_ALLOWED_NETWORKS: "127.0.0.1/32,10.0.0.0/33" },
+      /^WEBHOOK_ALLOWED_NETWORKS must be comma-separated IP addresses or CIDR ranges .*\("10\.0\.0\.0\/33" is neither\)/,
+    ],
+    [{ WEBHOOK_ALLOWED_NETWORKS: "localhost" }, /\("localhost" is neither\)/],
+    [{ WEBHOOK_ALLOWED_NETWORKS: "127.1" }, /\("127\.1" is neither\)/],
+    [{ WEBHOOK_ALLOWED_NETWORKS: "10.0.0.0/8,,fd00::/8" }, /\("" is neither\)/],
     [{ SHIPSTATION_API_KEY: "k" }, /^SHIPSTATION_API_KEY is set but SHIPSTATION_API_SECRET is not/],
     [{ ADMIN_TOKEN: "short" }, /^ADMIN_TOKEN must be at least 16 characters$/],
   ])("rejects %o with a message naming the variable", (vars, message) => {
@@ -43,6 +56,44 @@ describe("environment", () => {
     expect(() => loadEnv({ ADMIN_TOKEN: "hunter2" })).toThrow(
       /^ADMIN_TOKEN must be at least 16 characters$/,
     );
+  });
+  it.each([
+    [
+      "DATABASE_URL",
+      "postgres://rel:TopSecret-123@db.internal:99999/app",
+      "postgres://***@db.internal:99999/app",
+    ],
+    ["DATABASE_URL", "postgres://rel:Top@Secret-123@[db/app", "postgres://***@[db/app"],
+    ["LISTEN_DATABASE_URL", "rel:TopSecret-123@db.internal/app", "***@db.internal/app"],
+    ["DATABASE_URL", "host=db user=rel password=TopSecret-123", "host=db user=rel password=***"],
+    [
+      "DATABASE_URL",
+      "mysql://db/app?password=TopSecret-123&x=1",
+      "mysql://db/app?password=***&x=1",
+    ],
+    ["SHIPSTATION_BASE_URL", "ftp://key:TopSecret-123@ssapi.example", "ftp://***@ssapi.example"],
+    [
+      "SHIPSTATION_BASE_URL",
+      "https://key:TopSecret-123@ss api.example",
+      "https://***@ss api.example",
+    ],
+  ])("%s: a malformed value is echoed without its password", (name, value, shown) => {
+    let message = "";
+    try {
+      loadEnv({ [name]: value });
+    } catch (err) {
+      expect(err).toBeInstanceOf(EnvError);
+      message = (err as Error).message;
+    }
+    expect(message).toMatch(new RegExp(`^${name} must be `));
+    expect(message).toContain(`got ${JSON.stringify(shown)}`);
+    expect(message).not.toContain("TopSecret-123");
+  });
+  it("WEBHOOK_ALLOWED_NETWORKS: IPs and CIDRs, spaces trimmed, in canonical form", () => {
+    expect(
+      loadEnv({ WEBHOOK_ALLOWED_NETWORKS: " 127.0.0.1, 10.0.0.0/8,FD00::/8 ,::1" })
+        .webhookAllowedNetworks,
+    ).toEqual(["127.0.0.1/32", "10.0.0.0/8", "fd00::/8", "::1/128"]);
   });
 });
 
@@ -94,47 +145,205 @@ describe("notification payloads", () => {
   });
 });
 
+const strict = makeAddressPolicy({
+  webhookAllowPrivateNetworks: false,
+  webhookAllowedNetworks: [],
+});
+
 describe("SSRF guard", () => {
-  it("classifies addresses with ipaddr.js ranges", async () => {
-    const { isPublicAddress } = await import("../src/deliveries/ssrf.js");
-    for (const a of [
-      "127.0.0.1",
-      "10.0.0.1",
-      "172.16.5.4",
-      "192.168.1.1",
-      "169.254.169.254",
-      "100.64.0.1",
-      "::1",
-      "fd00::1",
-      "fe80::1",
-      "224.0.0.1",
-      "0.0.0.0",
-      "::",
-      "::ffff:127.0.0.1",
-    ]) {
-      expect(isPublicAddress(a), a).toBe(false);
-    }
-    for (const a of ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"])
-      expect(isPublicAddress(a), a).toBe(true);
+  it.each([
+    ["127.0.0.1", /^a loopback address$/],
+    ["10.0.0.1", /^a private address$/],
+    ["172.16.5.4", /^a private address$/],
+    ["192.168.1.1", /^a private address$/],
+    ["169.254.169.254", /^a linkLocal address$/],
+    ["100.64.0.1", /^a carrierGradeNat address$/],
+    ["224.0.0.1", /^a multicast address$/],
+    ["0.0.0.0", /^an unspecified address$/],
+    ["255.255.255.255", /^a broadcast address$/],
+    ["198.18.0.1", /^a reserved address$/],
+    ["::1", /^a loopback address$/],
+    ["::", /^an unspecified address$/],
+    ["fd00::1", /^a uniqueLocal address$/],
+    ["fe80::1", /^a linkLocal address$/],
+    ["fec0::1", /^a deprecatedSiteLocal address$/],
+    ["ff02::1", /^a multicast address$/],
+    ["2001:db8::1", /^a reserved address$/],
+    ["100::1", /^a discard address$/],
+    // IPv4-mapped: judged by the IPv4 address inside.
+    ["::ffff:127.0.0.1", /^a loopback address \(127\.0\.0\.1 inside an IPv4-mapped/],
+    ["::ffff:10.1.2.3", /^a private address \(10\.1\.2\.3 inside an IPv4-mapped/],
+    ["::ffff:169.254.169.254", /^a linkLocal address \(169\.254\.169\.254 inside/],
+    // IPv4-compatible (::/96): refused whatever it carries, public or not.
+    ["::127.0.0.1", /^an IPv4-compatible IPv6 address \(embedding 127\.0\.0\.1/],
+    ["::7f00:1", /^an IPv4-compatible IPv6 address \(embedding 127\.0\.0\.1/],
+    ["::10.0.0.1", /^an IPv4-compatible IPv6 address \(embedding 10\.0\.0\.1/],
+    ["::8.8.8.8", /^an IPv4-compatible IPv6 address \(embedding 8\.8\.8\.8/],
+    // NAT64's well-known prefix: judged by the IPv4 address inside.
+    ["64:ff9b::127.0.0.1", /^a loopback address \(127\.0\.0\.1 inside a NAT64/],
+    ["64:ff9b::10.0.0.1", /^a private address \(10\.0\.0\.1 inside a NAT64/],
+    ["64:ff9b::169.254.169.254", /^a linkLocal address \(169\.254\.169\.254 inside a NAT64/],
+    // The other transition forms: refused whatever they carry.
+    ["64:ff9b:1::8.8.8.8", /^a local-use NAT64 address/],
+    ["2002:7f00:1::1", /^a 6to4 address \(embedding 127\.0\.0\.1/],
+    ["2002:a00:1::1", /^a 6to4 address \(embedding 10\.0\.0\.1/],
+    ["2002:808:808::1", /^a 6to4 address \(embedding 8\.8\.8\.8/],
+    ["2001:0:4136:e378:8000:63bf:3fff:fdd2", /^a Teredo address/],
+    ["::ffff:0:127.0.0.1", /^an IPv4-translated address \(embedding 127\.0\.0\.1/],
+  ])("refuses %s (%s)", (address, why) => {
+    expect(strict.refusal(address)).toMatch(why);
   });
-  it("checks the address actually dialled, even when the pre-check is skipped", async () => {
-    const { makeAgent } = await import("../src/outbound/http.js");
-    const { guardedLookup } = await import("../src/deliveries/ssrf.js");
-    const { sendWebhook } = await import("../src/deliveries/webhook-client.js");
-    const agent = makeAgent({ lookup: guardedLookup as never });
-    // allowPrivate skips the pre-check: only the connect-time lookup stands in the way.
-    const result = await sendWebhook({
-      url: "http://localhost:9/x",
-      body: "{}",
-      headers: {},
-      timeoutMs: 2_000,
-      agent,
-      allowPrivate: true,
-    });
-    expect(result.kind).toBe("refused");
-    expect("error" in result ? result.error : "").toMatch(
-      /localhost resolves to .*loopback address/,
+  it.each([
+    "93.184.216.34",
+    "8.8.8.8",
+    "2606:2800:220:1:248:1893:25c8:1946",
+    "::ffff:93.184.216.34",
+    "64:ff9b::93.184.216.34",
+  ])("allows the public address %s", (address) => {
+    expect(strict.refusal(address)).toBeNull();
+  });
+  it("refuses http://[::127.0.0.1]/h and other IPv6 spellings of loopback in a URL", async () => {
+    for (const url of [
+      "http://[::127.0.0.1]/h",
+      "http://[::ffff:127.0.0.1]/h",
+      "http://[0:0:0:0:0:ffff:7f00:1]/h",
+      "http://[64:ff9b::7f00:1]/h",
+      "http://[2002:7f00:1::]/h",
+      "http://0x7f.1/h",
+      "http://2130706433/h",
+    ]) {
+      await expect(strict.check(url), url).rejects.toThrow(/^refused: .* resolves to /);
+    }
+  });
+  it("WEBHOOK_ALLOWED_NETWORKS widens the guard to the networks listed, and no further", () => {
+    const policy = makeAddressPolicy(
+      loadEnv({ WEBHOOK_ALLOWED_NETWORKS: "127.0.0.1/32,10.0.0.0/8,fd00::/16" }),
     );
-    await agent.close();
+    for (const a of ["127.0.0.1", "::ffff:127.0.0.1", "10.200.0.1", "fd00::5", "8.8.8.8"])
+      expect(policy.refusal(a), a).toBeNull();
+    for (const a of [
+      "127.0.0.2",
+      "::1",
+      "192.168.0.1",
+      "fd01::1",
+      "169.254.169.254",
+      // A NAT64 gateway dials the inner address on its own network: public only.
+      "64:ff9b::7f00:1",
+      "::7f00:1",
+    ])
+      expect(policy.refusal(a), a).not.toBeNull();
+  });
+  it("WEBHOOK_ALLOW_PRIVATE_NETWORKS=true allows every address", async () => {
+    const open = makeAddressPolicy(loadEnv({ WEBHOOK_ALLOW_PRIVATE_NETWORKS: "true" }));
+    expect(open.allowsAll).toBe(true);
+    for (const a of ["127.0.0.1", "::7f00:1", "169.254.169.254"])
+      expect(open.refusal(a)).toBeNull();
+    await expect(open.check("http://[::1]/x")).resolves.toBeUndefined();
+  });
+  it("the agent's guard checks the address actually dialled, names and IP literals, without the pre-check", async () => {
+    const agent = makeAgent({ guard: strict });
+    try {
+      for (const [url, why] of [
+        ["http://localhost:9/x", /localhost resolves to .*a loopback address/],
+        ["http://127.0.0.1:9/x", /127\.0\.0\.1 resolves to 127\.0\.0\.1, a loopback address/],
+        ["http://[::127.0.0.1]:9/x", /::7f00:1, an IPv4-compatible IPv6 address/],
+        ["http://[::ffff:10.0.0.1]:9/x", /a private address \(10\.0\.0\.1 inside an IPv4-mapped/],
+      ] as const) {
+        // No `policy`: only the connect step stands in the way.
+        const result = await sendWebhook({ url, body: "{}", headers: {}, timeoutMs: 2_000, agent });
+        expect(result.kind, url).toBe("refused");
+        expect("error" in result ? result.error : "", url).toMatch(why);
+      }
+    } finally {
+      await agent.close();
+    }
+  });
+  it("a receiver inside WEBHOOK_ALLOWED_NETWORKS gets the webhook, through pre-check and connect guard", async () => {
+    const receiver = await startReceiver();
+    const policy = makeAddressPolicy(loadEnv({ WEBHOOK_ALLOWED_NETWORKS: "127.0.0.1/32" }));
+    const agent = makeAgent({ guard: policy });
+    try {
+      const result = await sendWebhook({
+        url: `${receiver.url}/ok`,
+        body: "{}",
+        headers: {},
+        timeoutMs: 5_000,
+        agent,
+        policy,
+      });
+      expect(result).toEqual({ kind: "delivered", status: 204 });
+      const refused = await sendWebhook({
+        url: `http://localhost:${receiver.port}/no`,
+        body: "{}",
+        headers: {},
+        timeoutMs: 5_000,
+        agent,
+        policy,
+      });
+      // localhost may resolve to ::1 as well as 127.0.0.1: every address must be allowed.
+      if (refused.kind !== "delivered") expect(refused.kind).toBe("refused");
+      expect(receiver.requests.map((r) => r.path)).toEqual(
+        refused.kind === "delivered" ? ["/ok", "/no"] : ["/ok"],
+      );
+    } finally {
+      await agent.close();
+      await receiver.close();
+    }
+  });
+});
+
+describe("webhook client: Retry-After", () => {
+  it.each([
+    [500, "3000", "failed", null],
+    [400, "3000", "failed", null],
+    [404, "60", "failed", null],
+    [502, "3000", "failed", 3_000_000],
+    [503, "30", "failed", 30_000],
+    [504, "7", "failed", 7_000],
+    [429, "3000", "throttled", 3_000_000],
+    [503, "soon", "failed", null],
+  ] as const)(
+    "HTTP %i with Retry-After: %s → %s, retry after %s ms",
+    async (status, header, kind, ms) => {
+      const receiver = await startReceiver();
+      receiver.fallback = { status, headers: { "retry-after": header }, body: "busy" };
+      const agent = makeAgent();
+      try {
+        const result = await sendWebhook({
+          url: `${receiver.url}/h`,
+          body: "{}",
+          headers: {},
+          timeoutMs: 5_000,
+          agent,
+        });
+        expect(result.kind).toBe(kind);
+        expect("retryAfterMs" in result ? result.retryAfterMs : "none").toBe(ms);
+        expect(receiver.requests).toHaveLength(1);
+      } finally {
+        await agent.close();
+        await receiver.close();
+      }
+    },
+  );
+  it("an HTTP date in Retry-After on a 503 is honoured as the time until then", async () => {
+    const receiver = await startReceiver();
+    const at = new Date(Date.now() + 120_000).toUTCString();
+    receiver.fallback = { status: 503, headers: { "retry-after": at } };
+    const agent = makeAgent();
+    try {
+      const result = await sendWebhook({
+        url: `${receiver.url}/h`,
+        body: "{}",
+        headers: {},
+        timeoutMs: 5_000,
+        agent,
+      });
+      const ms = "retryAfterMs" in result ? (result.retryAfterMs ?? 0) : 0;
+      expect(ms).toBeGreaterThan(100_000);
+      expect(ms).toBeLessThanOrEqual(120_000);
+    } finally {
+      await agent.close();
+      await receiver.close();
+    }
   });
 });

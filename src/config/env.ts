@@ -1,6 +1,7 @@
 // Process-level settings from the environment (DESIGN.md §4). Runtime knobs live in
 // configuration_params instead; see src/reactor/settings-spec.ts.
 import { hostname } from "node:os";
+import ipaddr from "ipaddr.js";
 import { z } from "zod";
 
 /** Thrown for a bad environment variable; main prints `message` as one line and exits 1. */
@@ -18,6 +19,38 @@ const postgresUrl = z.string().refine((v) => /^postgres(ql)?:\/\//.test(v) && UR
 const httpUrl = z.string().refine((v) => /^https?:\/\//.test(v) && URL.canParse(v), {
   message: "an http:// or https:// URL",
 });
+/**
+ * One entry of WEBHOOK_ALLOWED_NETWORKS in canonical `address/prefix` form, or null. An
+ * address alone is its own network (/32 or /128). IPv4 must be four decimal parts: the
+ * shorthand forms ipaddr.js also accepts (`127.1`, hex, octal) would hide what is allowed.
+ */
+export function parseNetwork(entry: string): string | null {
+  const [address = "", prefixText, extra] = entry.trim().split("/");
+  if (extra !== undefined) return null;
+  let parsed: ipaddr.IPv4 | ipaddr.IPv6;
+  if (ipaddr.IPv4.isValidFourPartDecimal(address)) parsed = ipaddr.IPv4.parse(address);
+  else if (ipaddr.IPv6.isValid(address) && !address.includes("%"))
+    parsed = ipaddr.IPv6.parse(address);
+  else return null;
+  const bits = parsed.kind() === "ipv4" ? 32 : 128;
+  if (prefixText !== undefined && !/^\d{1,3}$/.test(prefixText)) return null;
+  const prefix = prefixText === undefined ? bits : Number(prefixText);
+  if (prefix > bits) return null;
+  return `${parsed.toString()}/${prefix}`;
+}
+
+const networkList = z.string().superRefine((v, ctx) => {
+  for (const entry of v.split(",")) {
+    if (entry.trim() === "" || parseNetwork(entry) === null) {
+      ctx.addIssue({
+        code: "custom",
+        message: `comma-separated IP addresses or CIDR ranges like 127.0.0.1/32,10.0.0.0/8 (${JSON.stringify(entry.trim())} is neither)`,
+      });
+      return;
+    }
+  }
+});
+
 const bool = z
   .string()
   .refine((v) => BOOL_TRUE.has(v.toLowerCase()) || BOOL_FALSE.has(v.toLowerCase()), {
@@ -38,6 +71,7 @@ const schema = {
   SHIPSTATION_API_KEY: z.string().min(1).optional(),
   SHIPSTATION_API_SECRET: z.string().min(1).optional(),
   WEBHOOK_ALLOW_PRIVATE_NETWORKS: bool.optional(),
+  WEBHOOK_ALLOWED_NETWORKS: networkList.optional(),
   LOG_LEVEL: z
     .string()
     .refine((v) => (LOG_LEVELS as readonly string[]).includes(v), {
@@ -50,6 +84,23 @@ const schema = {
     .optional(),
 } as const;
 
+/**
+ * A value as it may be echoed in an error, with credentials replaced: the userinfo of a
+ * URL (`user:password@`) and `password=` parameters. By pattern, not by URL parsing,
+ * because the value being reported is often one that does not parse.
+ */
+export function redactValue(value: string): string {
+  return (
+    value
+      // Everything between the scheme (if any) and the last "@" may hold a password.
+      .replace(
+        /^([a-z][a-z0-9+.-]*:\/\/)?[\s\S]*@/i,
+        (_all, scheme?: string) => `${scheme ?? ""}***@`,
+      )
+      .replace(/((?:password|passwd|pwd|secret|token)\s*=\s*)('[^']*'|[^&\s]*)/gi, "$1***")
+  );
+}
+
 export type EnvName = keyof typeof schema;
 
 /** The validated process configuration. */
@@ -61,6 +112,8 @@ export interface Env {
   adminToken: string | undefined;
   shipstation: { baseUrl: string; apiKey: string | undefined; apiSecret: string | undefined };
   webhookAllowPrivateNetworks: boolean;
+  /** Networks webhooks may reach although they are not public, as `address/prefix`. */
+  webhookAllowedNetworks: string[];
   logLevel: (typeof LOG_LEVELS)[number];
   instanceId: string;
 }
@@ -81,10 +134,9 @@ export function loadEnv(source: NodeJS.ProcessEnv = process.env): Env {
     const result = schema[name].safeParse(raw[name]);
     if (!result.success) {
       const expected = result.error.issues[0]?.message ?? "a valid value";
-      const shown = name.includes("SECRET") || name.includes("TOKEN") || name.includes("KEY");
-      throw new EnvError(
-        `${name} must be ${expected}${shown ? "" : `, got ${JSON.stringify(raw[name])}`}`,
-      );
+      const hidden = name.includes("SECRET") || name.includes("TOKEN") || name.includes("KEY");
+      const got = hidden || raw[name] === undefined ? "" : redactValue(raw[name]);
+      throw new EnvError(`${name} must be ${expected}${got ? `, got ${JSON.stringify(got)}` : ""}`);
     }
   }
   if (Boolean(raw.SHIPSTATION_API_KEY) !== Boolean(raw.SHIPSTATION_API_SECRET)) {
@@ -108,6 +160,10 @@ export function loadEnv(source: NodeJS.ProcessEnv = process.env): Env {
     webhookAllowPrivateNetworks: BOOL_TRUE.has(
       (raw.WEBHOOK_ALLOW_PRIVATE_NETWORKS ?? "false").toLowerCase(),
     ),
+    webhookAllowedNetworks: (raw.WEBHOOK_ALLOWED_NETWORKS ?? "")
+      .split(",")
+      .filter((entry) => entry.trim() !== "")
+      .map((entry) => parseNetwork(entry) as string),
     logLevel: (raw.LOG_LEVEL as Env["logLevel"] | undefined) ?? "info",
     instanceId: raw.INSTANCE_ID ?? `${hostname()}:${process.pid}`,
   };
@@ -128,7 +184,11 @@ export const ENV_DOCS: Record<EnvName, { default: string; doc: string }> = {
   SHIPSTATION_API_SECRET: { default: "unset: uploads paused", doc: "ShipStation API secret." },
   WEBHOOK_ALLOW_PRIVATE_NETWORKS: {
     default: "false",
-    doc: "Allow webhooks to loopback/private addresses.",
+    doc: "Allow webhooks to every address, loopback and private ones included.",
+  },
+  WEBHOOK_ALLOWED_NETWORKS: {
+    default: "empty: public addresses only",
+    doc: "Comma-separated IPs or CIDRs (e.g. `10.0.0.0/8`) webhooks may reach besides public addresses.",
   },
   LOG_LEVEL: { default: "info", doc: "Initial pino level (the `log_level` key overrides it)." },
   INSTANCE_ID: { default: "host:pid", doc: "Name of this replica in leases and logs." },

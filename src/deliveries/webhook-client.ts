@@ -1,9 +1,17 @@
 // Sends one signed webhook and classifies the answer. No redirects are followed; the
-// SSRF guard runs before the request and again on the address actually dialled.
+// SSRF guard runs before the request (`policy`) and again on the address actually
+// dialled (the agent's guard, see makeAgent).
 import type { Agent } from "undici";
 import { request } from "undici";
 import { describeNetworkError, parseRetryAfter, readTextCapped } from "../outbound/http.js";
-import { checkUrlIsPublic, PrivateAddressError } from "./ssrf.js";
+import { type AddressPolicy, PrivateAddressError } from "./ssrf.js";
+
+/**
+ * The statuses whose Retry-After is honoured: 429 (slow down) and the gateway answers
+ * that mean "back soon". Any other failure retries on the delivery schedule, so a
+ * receiver's 500 with `Retry-After: 3000` cannot park a delivery for 50 minutes.
+ */
+export const RETRY_AFTER_STATUSES: ReadonlySet<number> = new Set([429, 502, 503, 504]);
 
 /** Response bodies kept in last_error are cut to about this many bytes. */
 export const ERROR_BODY_BYTES = 1024;
@@ -22,8 +30,15 @@ export interface SendOptions {
   body: string;
   headers: Record<string, string>;
   timeoutMs: number;
+  /** Dials the target; its connect guard refuses what the policy refuses. */
   agent: Agent;
-  allowPrivate: boolean;
+  /** The pre-check: a refused address fails the row before any connection is opened. */
+  policy?: AddressPolicy;
+  /**
+   * Ignored: the agent's guard and `policy` decide. Kept until every caller passes
+   * `policy` instead.
+   */
+  allowPrivate?: boolean;
 }
 
 export async function sendWebhook(options: SendOptions): Promise<WebhookResult> {
@@ -33,9 +48,9 @@ export async function sendWebhook(options: SendOptions): Promise<WebhookResult> 
   } catch {
     return { kind: "refused", error: `invalid subscription url: ${options.url}` };
   }
-  if (!options.allowPrivate) {
+  if (options.policy && !options.policy.allowsAll) {
     try {
-      await checkUrlIsPublic(url);
+      await options.policy.check(url);
     } catch (err) {
       if (err instanceof PrivateAddressError) return { kind: "refused", error: err.message };
       return {
@@ -61,7 +76,9 @@ export async function sendWebhook(options: SendOptions): Promise<WebhookResult> 
     const text = await readTextCapped(res.body, ERROR_BODY_BYTES).catch(() => "");
     if (status >= 200 && status < 300) return { kind: "delivered", status };
     if (status === 410) return { kind: "gone", status: 410 };
-    const retryAfterMs = parseRetryAfter(res.headers["retry-after"]);
+    const retryAfterMs = RETRY_AFTER_STATUSES.has(status)
+      ? parseRetryAfter(res.headers["retry-after"])
+      : null;
     const detail = text.trim() ? `: ${text.trim()}` : "";
     if (status === 429)
       return { kind: "throttled", status, retryAfterMs, error: `HTTP 429${detail}` };

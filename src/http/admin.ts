@@ -1,26 +1,37 @@
 // The admin API (registered only when ADMIN_TOKEN is set): failed rows of each workload
 // with retries, and webhook subscriptions. Every body, query and param is validated by
 // a JSON schema, so a bad request is a 400 that names the field.
-import type { FastifyInstance, FastifyReply } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifySchemaValidationError } from "fastify";
 import type { App } from "../app.js";
 import { makeDeliveriesQueue } from "../deliveries/queue.js";
-import { checkUrlIsPublic, PrivateAddressError } from "../deliveries/ssrf.js";
-import { makeSubscriptions } from "../deliveries/subscriptions.js";
-import { type FailedFilter, makeFailedRows } from "../reactor/failed-rows.js";
+import { makeAddressPolicy, PrivateAddressError } from "../deliveries/ssrf.js";
+import { makeSubscriptions, SUBSCRIPTION_RULES } from "../deliveries/subscriptions.js";
+import { type FailedFilter, makeFailedRows, retryOneRefusal } from "../reactor/failed-rows.js";
 import { makeOrdersQueue } from "../uploads/queue.js";
 import { makeBearerCheck } from "./auth.js";
+
+/**
+ * Every free-text field carries this pattern: PostgreSQL cannot store or compare a NUL
+ * character, and would answer 500 with its own text.
+ */
+const NO_NUL = "^[^\\u0000]*$";
+
+/** Ids are bigint in the database but JSON numbers here: at most 2^53 - 1, exactly. */
+const id = { type: "integer", minimum: 1, maximum: Number.MAX_SAFE_INTEGER } as const;
+const afterId = { type: "integer", minimum: 0, maximum: Number.MAX_SAFE_INTEGER } as const;
+const text = (maxLength: number) =>
+  ({ type: "string", minLength: 1, maxLength, pattern: NO_NUL }) as const;
+/** Checked again by timestamp(): the format allows years and offsets PostgreSQL refuses. */
+const dateTime = { type: "string", format: "date-time", maxLength: 64 } as const;
 
 const idParams = {
   type: "object",
   required: ["id"],
-  properties: { id: { type: "integer", minimum: 1, maximum: Number.MAX_SAFE_INTEGER } },
+  properties: { id },
 } as const;
 
 /** A bulk retry touches at most this many rows unless the body says otherwise. */
 const DEFAULT_BULK_RETRY_LIMIT = 10_000;
-
-const EVENT_TYPE = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*(\\.\\*)?$";
-const SECRET = "^whsec_[A-Za-z0-9+/]{32,88}={0,2}$";
 
 const pageQuery = (extra: Record<string, unknown>) =>
   ({
@@ -28,10 +39,10 @@ const pageQuery = (extra: Record<string, unknown>) =>
     additionalProperties: false,
     properties: {
       limit: { type: "integer", minimum: 1, maximum: 500, default: 50 },
-      after_id: { type: "integer", minimum: 0 },
-      error_contains: { type: "string", minLength: 1, maxLength: 200 },
-      created_after: { type: "string", format: "date-time" },
-      created_before: { type: "string", format: "date-time" },
+      after_id: afterId,
+      error_contains: text(200),
+      created_after: dateTime,
+      created_before: dateTime,
       ...extra,
     },
   }) as const;
@@ -43,10 +54,10 @@ const retryBody = (extra: Record<string, unknown>) =>
     minProperties: 1,
     properties: {
       all: { type: "boolean", const: true },
-      ids: { type: "array", minItems: 1, maxItems: 10_000, items: { type: "integer", minimum: 1 } },
-      error_contains: { type: "string", minLength: 1, maxLength: 200 },
-      created_after: { type: "string", format: "date-time" },
-      created_before: { type: "string", format: "date-time" },
+      ids: { type: "array", minItems: 1, maxItems: 10_000, items: id },
+      error_contains: text(200),
+      created_after: dateTime,
+      created_before: dateTime,
       limit: { type: "integer", minimum: 1, maximum: 100_000 },
       ...extra,
     },
@@ -54,16 +65,51 @@ const retryBody = (extra: Record<string, unknown>) =>
 
 type Query = Record<string, string | number | boolean | undefined>;
 
+/** A 400 whose message names the field; the status server's error handler sends it. */
+function badRequest(message: string): Error {
+  return Object.assign(new Error(message), { statusCode: 400 });
+}
+
+/**
+ * Schema errors as `querystring/field must …`, like Fastify's own, but in words for the
+ * NUL rule instead of the pattern that states it.
+ */
+function schemaErrors(errors: FastifySchemaValidationError[], dataVar: string): Error {
+  return new Error(
+    errors
+      .map((e) => {
+        const field = `${dataVar}${e.instancePath}`;
+        return e.keyword === "pattern" && e.params.pattern === NO_NUL
+          ? `${field} must not contain NUL characters`
+          : `${field} ${e.message}`;
+      })
+      .join(", "),
+  );
+}
+
+/**
+ * A date-time PostgreSQL accepts, as UTC ISO text: the date-time format also passes year
+ * 0000 and offsets beyond ±15:59, which PostgreSQL refuses with its own wording.
+ */
+function timestamp(value: unknown, field: string): string | undefined {
+  if (value === undefined) return undefined;
+  const at = new Date(String(value));
+  const year = at.getUTCFullYear();
+  if (Number.isNaN(at.getTime()) || year < 1 || year > 9999)
+    throw badRequest(`${field} must be a date-time from year 0001 to 9999`);
+  return at.toISOString();
+}
+
 function notFound(reply: FastifyReply, message: string) {
   return reply.code(404).send({ statusCode: 404, error: "Not Found", message });
 }
 
-function toFilter(q: Query, equals: string[]): FailedFilter {
+function toFilter(q: Query, equals: string[], where: "querystring" | "body"): FailedFilter {
   const filter: FailedFilter = {
     ids: q.ids as unknown as number[] | undefined,
     errorContains: q.error_contains as string | undefined,
-    createdAfter: q.created_after as string | undefined,
-    createdBefore: q.created_before as string | undefined,
+    createdAfter: timestamp(q.created_after, `${where}/created_after`),
+    createdBefore: timestamp(q.created_before, `${where}/created_before`),
     equals: {},
   };
   for (const key of equals)
@@ -71,25 +117,28 @@ function toFilter(q: Query, equals: string[]): FailedFilter {
   return filter;
 }
 
-async function assertPublicUrl(app: App, url: string) {
-  if (app.env.webhookAllowPrivateNetworks) return null;
-  try {
-    await checkUrlIsPublic(new URL(url));
-    return null;
-  } catch (err) {
-    if (err instanceof PrivateAddressError) return err.message;
-    return `url host does not resolve: ${(err as Error).message}`;
-  }
-}
-
 export async function registerAdminRoutes(server: FastifyInstance, app: App): Promise<void> {
   const token = app.env.adminToken;
   if (!token) return;
   const requireToken = makeBearerCheck(token);
+  const addressPolicy = makeAddressPolicy(app.env);
+
+  /** null when webhooks may go to `url`, else why not (the same guard deliveries pass). */
+  async function urlRefusal(url: string): Promise<string | null> {
+    if (!URL.canParse(url)) return "body/url is not a valid URL";
+    try {
+      await addressPolicy.check(url);
+      return null;
+    } catch (err) {
+      if (err instanceof PrivateAddressError) return `body/url ${err.message}`;
+      return `body/url host does not resolve: ${(err as Error).message}`;
+    }
+  }
 
   await server.register(
     async (admin) => {
       admin.addHook("onRequest", requireToken);
+      admin.setSchemaErrorFormatter(schemaErrors);
 
       const workloads = {
         orders: {
@@ -98,22 +147,17 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
             allowedEquals: { status: "t.status", order_number: "t.order_number" },
           }),
           equals: ["status", "order_number"],
-          extraQuery: {
-            status: { type: "string", maxLength: 50 },
-            order_number: { type: "string", maxLength: 200 },
-          },
+          extraQuery: { status: text(50), order_number: text(200) },
         },
         deliveries: {
           rows: makeFailedRows(app.pool, makeDeliveriesQueue(app.pool).spec, {
-            columns: `t.id, t.event_id, t.subscription_id::int AS subscription_id, e.event_type, s.url,
+            columns: `t.id, t.event_id, t.subscription_id, e.event_type, s.url,
               t.attempts, t.last_status, t.last_error, t.created_at`,
             allowedEquals: { subscription_id: "t.subscription_id", event_type: "e.event_type" },
+            numberColumns: ["subscription_id"],
           }),
           equals: ["subscription_id", "event_type"],
-          extraQuery: {
-            subscription_id: { type: "integer", minimum: 1 },
-            event_type: { type: "string", maxLength: 200 },
-          },
+          extraQuery: { subscription_id: id, event_type: text(200) },
         },
       };
 
@@ -123,7 +167,7 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
           { schema: { querystring: pageQuery(w.extraQuery) } },
           async (req) => {
             const q = req.query as Query;
-            const page = await w.rows.list(toFilter(q, w.equals), {
+            const page = await w.rows.list(toFilter(q, w.equals, "querystring"), {
               limit: q.limit as number,
               afterId: q.after_id as number | undefined,
             });
@@ -133,13 +177,12 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
         admin.post(`/${name}/:id/retry`, { schema: { params: idParams } }, async (req, reply) => {
           const { id } = req.params as { id: number };
           const result = await w.rows.retryOne(id);
-          if (result === "not_found") return notFound(reply, `no ${name} row with id ${id}`);
-          if (result === "not_failed") {
-            return reply.code(409).send({
-              statusCode: 409,
-              error: "Conflict",
-              message: `${name} row ${id} is not failed; only failed rows can be retried`,
-            });
+          const refusal = retryOneRefusal(name, id, result);
+          if (result.result === "not_found") return notFound(reply, refusal ?? "");
+          if (result.result === "not_failed") {
+            return reply
+              .code(409)
+              .send({ statusCode: 409, error: "Conflict", message: refusal ?? "" });
           }
           return { id, retried: true };
         });
@@ -165,7 +208,7 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
               });
             }
             const retried = await w.rows.retryMatching(
-              toFilter(body, w.equals),
+              toFilter(body, w.equals, "body"),
               body.limit ?? DEFAULT_BULK_RETRY_LIMIT,
             );
             return { retried };
@@ -174,21 +217,21 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
       }
 
       const subs = makeSubscriptions(app.pool);
+      const r = SUBSCRIPTION_RULES;
       const subscriptionFields = {
-        url: {
-          type: "string",
-          minLength: 8,
-          maxLength: 2048,
-          pattern: "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#]+",
-        },
+        url: { type: "string", minLength: 8, maxLength: r.urlMaxLength, pattern: r.urlPattern },
         event_types: {
           type: "array",
-          maxItems: 100,
+          maxItems: r.eventTypesMax,
           uniqueItems: true,
-          items: { type: "string", pattern: EVENT_TYPE, maxLength: 200 },
+          items: { type: "string", pattern: r.eventTypePattern, maxLength: r.eventTypeMaxLength },
         },
         enabled: { type: "boolean" },
-        description: { type: ["string", "null"], maxLength: 500 },
+        description: {
+          type: ["string", "null"],
+          maxLength: r.descriptionMaxLength,
+          pattern: NO_NUL,
+        },
       } as const;
 
       admin.get(
@@ -200,7 +243,7 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
               additionalProperties: false,
               properties: {
                 limit: { type: "integer", minimum: 1, maximum: 500, default: 100 },
-                after_id: { type: "integer", minimum: 0 },
+                after_id: afterId,
                 enabled: { type: "boolean" },
               },
             },
@@ -220,17 +263,17 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
               type: "object",
               additionalProperties: false,
               required: ["url"],
-              properties: { ...subscriptionFields, secret: { type: "string", pattern: SECRET } },
+              properties: {
+                ...subscriptionFields,
+                secret: { type: "string", pattern: r.secretPattern },
+              },
             },
           },
         },
         async (req, reply) => {
           const body = req.body as { url: string };
-          const refused = await assertPublicUrl(app, body.url);
-          if (refused)
-            return reply
-              .code(400)
-              .send({ statusCode: 400, error: "Bad Request", message: `body/url ${refused}` });
+          const refused = await urlRefusal(body.url);
+          if (refused) throw badRequest(refused);
           const created = await subs.create(body);
           return reply.code(201).send(created);
         },
@@ -257,11 +300,8 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
           const { id } = req.params as { id: number };
           const body = req.body as { url?: string };
           if (body.url) {
-            const refused = await assertPublicUrl(app, body.url);
-            if (refused)
-              return reply
-                .code(400)
-                .send({ statusCode: 400, error: "Bad Request", message: `body/url ${refused}` });
+            const refused = await urlRefusal(body.url);
+            if (refused) throw badRequest(refused);
           }
           const sub = await subs.update(id, body);
           return sub ?? notFound(reply, `no subscription with id ${id}`);

@@ -1,16 +1,57 @@
 // Outbound HTTP helpers shared by every target client: one keep-alive undici Agent per
 // target family, hard timeouts, status classes for metrics, and Retry-After parsing.
-import type { LookupFunction } from "node:net";
-import { Agent } from "undici";
+import { isIP, type LookupFunction } from "node:net";
+import { Agent, buildConnector } from "undici";
 
-export function makeAgent(options: { connections?: number; lookup?: LookupFunction } = {}): Agent {
+/** Connecting (TCP and TLS) takes at most this long. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * What an agent checks on every connection it opens: `lookup` judges the addresses a
+ * name resolves to; `assertHost` judges an IP literal, which Node dials without a
+ * lookup. The SSRF guard (deliveries/ssrf.ts) is one.
+ */
+export interface ConnectGuard {
+  /** No checks at all (then the agent dials like any other). */
+  readonly allowsAll: boolean;
+  lookup: LookupFunction;
+  /** Throws when `host`, an IP literal, may not be dialled. */
+  assertHost(host: string): void;
+}
+
+export function makeAgent(
+  options: { connections?: number; lookup?: LookupFunction; guard?: ConnectGuard } = {},
+): Agent {
+  const guard = options.guard?.allowsAll ? undefined : options.guard;
+  const lookup = guard?.lookup ?? options.lookup;
+  const connectOptions = { timeout: CONNECT_TIMEOUT_MS, ...(lookup ? { lookup } : {}) };
   return new Agent({
     keepAliveTimeout: 30_000,
     keepAliveMaxTimeout: 60_000,
     connections: options.connections ?? 64,
-    connect: { timeout: 10_000, ...(options.lookup ? { lookup: options.lookup } : {}) },
+    connect: guard ? guardedConnector(guard, connectOptions) : connectOptions,
     // Redirects are never followed (a 3xx is a failure), so no redirect interceptor.
   });
+}
+
+/** undici's own connector, after the guard has judged an IP-literal host. */
+function guardedConnector(
+  guard: ConnectGuard,
+  connectOptions: buildConnector.BuildOptions,
+): buildConnector.connector {
+  const connect = buildConnector(connectOptions);
+  return (options, callback) => {
+    const host = options.hostname.replace(/^\[|\]$/g, "");
+    if (isIP(host)) {
+      try {
+        guard.assertHost(host);
+      } catch (err) {
+        callback(err as Error, null);
+        return;
+      }
+    }
+    connect(options, callback);
+  };
 }
 
 /** '2xx'…'5xx', or 'error' when no response arrived. */

@@ -21,10 +21,26 @@ export interface FailedRows {
     filter: FailedFilter,
     page: { limit: number; afterId?: number },
   ): Promise<{ items: Record<string, unknown>[]; nextAfterId: number | null }>;
-  /** Retries one row; 'not_found' or 'not_failed' say why nothing happened. */
-  retryOne(id: number): Promise<"retried" | "not_found" | "not_failed">;
+  /** Retries one row; 'not_found' or 'not_failed' (with the row's state) say why not. */
+  retryOne(id: number): Promise<RetryOneResult>;
   /** Retries every failed row matching the filter, at most `limit`; returns how many. */
   retryMatching(filter: FailedFilter, limit: number): Promise<number>;
+}
+
+export type RetryOneResult =
+  | { result: "retried" }
+  | { result: "not_found" }
+  | { result: "not_failed"; state: string };
+
+/**
+ * Why a single retry did nothing, in the words the admin API and the CLI both use; null
+ * when it was retried. `what` names the rows ("orders", "deliveries").
+ */
+export function retryOneRefusal(what: string, id: number, r: RetryOneResult): string | null {
+  if (r.result === "not_found") return `no ${what} row with id ${id}`;
+  if (r.result === "not_failed")
+    return `${what} row ${id} is ${r.state}, not failed; only failed rows can be retried`;
+  return null;
 }
 
 const q = quoteIdent;
@@ -32,7 +48,12 @@ const q = quoteIdent;
 export function makeFailedRows(
   pool: Pool,
   spec: QueueTableSpec,
-  options: { columns: string; allowedEquals: Record<string, string> },
+  options: {
+    columns: string;
+    allowedEquals: Record<string, string>;
+    /** bigint columns (besides id) to return as JSON numbers. */
+    numberColumns?: string[];
+  },
 ): FailedRows {
   const t = q(spec.table);
   const state = q(spec.stateColumn);
@@ -73,7 +94,11 @@ export function makeFailedRows(
          ORDER BY t.id LIMIT $${params.length}`,
         params,
       );
-      const items = rows.slice(0, page.limit).map((r) => ({ ...r, id: Number(r.id) }));
+      const items = rows.slice(0, page.limit).map((r) => {
+        const row: Record<string, unknown> = { ...r, id: Number(r.id) };
+        for (const c of options.numberColumns ?? []) if (row[c] != null) row[c] = Number(row[c]);
+        return row;
+      });
       const last = items.at(-1);
       return { items, nextAfterId: rows.length > page.limit && last ? Number(last.id) : null };
     },
@@ -85,8 +110,8 @@ export function makeFailedRows(
         [id],
       );
       const row = res.rows[0];
-      if (!row?.state) return "not_found";
-      return row.n > 0 ? "retried" : "not_failed";
+      if (!row?.state) return { result: "not_found" };
+      return row.n > 0 ? { result: "retried" } : { result: "not_failed", state: String(row.state) };
     },
     async retryMatching(filter, limit) {
       const params: unknown[] = [];
