@@ -276,16 +276,126 @@ describe("status server", () => {
       { ids: ["1; DROP TABLE orders_inbox"] },
       /body\/ids\/0 must be integer/,
     ],
+    // Each of these answered 500 (or PostgreSQL's own text) before.
+    [
+      "GET",
+      "/admin/orders/failed?error_contains=%00",
+      undefined,
+      /^querystring\/error_contains must not contain NUL characters$/,
+    ],
+    [
+      "GET",
+      "/admin/orders/failed?status=a%00b",
+      undefined,
+      /^querystring\/status must not contain NUL characters$/,
+    ],
+    [
+      "GET",
+      "/admin/orders/failed?after_id=99999999999999999999",
+      undefined,
+      /^querystring\/after_id must be <= 9007199254740991$/,
+    ],
+    [
+      "GET",
+      "/admin/orders/failed?after_id=1e30",
+      undefined,
+      /^querystring\/after_id must be <= 9007199254740991$/,
+    ],
+    [
+      "GET",
+      "/admin/deliveries/failed?subscription_id=9223372036854775808",
+      undefined,
+      /^querystring\/subscription_id must be <= 9007199254740991$/,
+    ],
+    [
+      "GET",
+      "/admin/subscriptions?after_id=9223372036854775808",
+      undefined,
+      /^querystring\/after_id must be <= 9007199254740991$/,
+    ],
+    [
+      "GET",
+      "/admin/orders/failed?created_after=0000-01-01T00:00:00Z",
+      undefined,
+      /^querystring\/created_after must be a date-time from year 0001 to 9999$/,
+    ],
+    [
+      "POST",
+      "/admin/deliveries/retry",
+      { ids: [2 ** 63] },
+      /^body\/ids\/0 must be <= 9007199254740991$/,
+    ],
+    ["POST", "/admin/orders/99999999999999999999/retry", undefined, /^params\/id must be <= /],
+    ["GET", "/admin/subscriptions/Infinity", undefined, /^params\/id must be a finite number$/],
+    [
+      "GET",
+      "/admin/orders/failed?after_id=1e400",
+      undefined,
+      /^querystring\/after_id must be a finite number$/,
+    ],
+    [
+      "POST",
+      "/admin/orders/retry",
+      { ids: ["Infinity"] },
+      /^body\/ids\/0 must be a finite number$/,
+    ],
+    [
+      "POST",
+      "/admin/subscriptions",
+      { url: "https://example.com/\u0000" },
+      /^body\/url must match pattern/,
+    ],
+    [
+      "POST",
+      "/admin/subscriptions",
+      { url: "https://example.com/", description: "a\u0000b" },
+      /^body\/description must not contain NUL characters$/,
+    ],
+    [
+      "PATCH",
+      "/admin/subscriptions/1",
+      { description: "\u0000" },
+      /^body\/description must not contain NUL characters$/,
+    ],
   ])("%s %s with a bad request → 400 naming the field", async (method, p, json, message) => {
     const res = await api(p, { method, json });
     expect(res.status).toBe(400);
     expect((await res.json()).message).toMatch(message);
   });
 
+  it("a date-time with an offset PostgreSQL would refuse is read as the instant it names", async () => {
+    const res = await api("/admin/orders/failed?created_after=2024-01-01T00:00:00%2B23:59");
+    expect(res.status).toBe(200);
+  });
+
+  it("a value the database refuses past the schema comes back in words, not PostgreSQL's text", async () => {
+    // Passes the schema's shape (whsec_ + 33 base64 characters) but is not 24-64 bytes of base64.
+    const res = await api("/admin/subscriptions", {
+      method: "POST",
+      json: { url: `${receiver.url}/words`, secret: `whsec_${"A".repeat(33)}` },
+    });
+    expect(res.status).toBe(400);
+    const { message } = await res.json();
+    expect(message).toBe("refused: secret must be whsec base64 of 24 to 64 bytes");
+  });
+
+  it("retrying a row that is not failed says what state it is in", async () => {
+    const [id] = await insertOrders(db.pool, 1, { prefix: "not-failed" });
+    await waitFor(async () => {
+      const r = await db.pool.query("SELECT upload_state FROM orders_inbox WHERE id = $1", [id]);
+      return r.rows[0]?.upload_state === "uploaded";
+    });
+    const res = await api(`/admin/orders/${id}/retry`, { method: "POST" });
+    expect(res.status).toBe(409);
+    expect((await res.json()).message).toBe(
+      `orders row ${id} is uploaded, not failed; only failed rows can be retried`,
+    );
+  });
+
   it("refuses a subscription to a private address when private networks are not allowed", async () => {
     const strict = await startReactor({
       databaseUrl: db.url,
-      env: { ADMIN_TOKEN, WEBHOOK_ALLOW_PRIVATE_NETWORKS: "false" },
+      env: { ADMIN_TOKEN, WEBHOOK_ALLOW_PRIVATE_NETWORKS: "false", WEBHOOK_ALLOWED_NETWORKS: "" },
     });
     const s = await startStatusServer(strict, strict.logger);
     try {
@@ -295,6 +405,9 @@ describe("status server", () => {
         "http://10.0.0.1/x",
         "http://169.254.169.254/latest",
         "http://[::1]/x",
+        "http://[::127.0.0.1]/h",
+        "http://[::ffff:10.0.0.1]/h",
+        "http://[64:ff9b::a9fe:a9fe]/h",
       ]) {
         const res = await fetch(`${serverUrl(s)}/admin/subscriptions`, {
           method: "POST",
@@ -303,12 +416,38 @@ describe("status server", () => {
         });
         expect(res.status, url).toBe(400);
         expect((await res.json()).message).toMatch(
-          /body\/url refused: .* resolves to .*WEBHOOK_ALLOW_PRIVATE_NETWORKS=true/,
+          /body\/url refused: .* resolves to .*WEBHOOK_ALLOWED_NETWORKS.*WEBHOOK_ALLOW_PRIVATE_NETWORKS=true/,
         );
       }
     } finally {
       await s.close();
       await strict.stop(1_000);
+    }
+  });
+
+  it("accepts a subscription inside WEBHOOK_ALLOWED_NETWORKS, and only there", async () => {
+    const listed = await startReactor({
+      databaseUrl: db.url,
+      env: {
+        ADMIN_TOKEN,
+        WEBHOOK_ALLOW_PRIVATE_NETWORKS: "false",
+        WEBHOOK_ALLOWED_NETWORKS: "127.0.0.1/32",
+      },
+    });
+    const s = await startStatusServer(listed, listed.logger);
+    const post = (url: string) =>
+      fetch(`${serverUrl(s)}/admin/subscriptions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify({ url, enabled: false }),
+      });
+    try {
+      expect((await post(`${receiver.url}/listed`)).status).toBe(201);
+      for (const url of ["http://127.0.0.2/x", "http://10.0.0.1/x", "http://[::127.0.0.1]/x"])
+        expect((await post(url)).status, url).toBe(400);
+    } finally {
+      await s.close();
+      await listed.stop(1_000);
     }
   });
 
@@ -421,6 +560,220 @@ describe("readiness follows the database", () => {
       await app.stop(1_000);
       await pg.stop();
       await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+/** Values people and scanners send; every one must get a 4xx naming the field, never a 500. */
+const HOSTILE_TEXT = [
+  "\u0000",
+  "a\u0000b",
+  "99999999999999999999",
+  "9223372036854775808",
+  "-9223372036854775809",
+  "9007199254740992",
+  "1e30",
+  "1e308",
+  "1e400",
+  "-1",
+  "0",
+  "1.5",
+  "NaN",
+  "Infinity",
+  "0x10",
+  "",
+  " ",
+  "true",
+  "null",
+  "[]",
+  "{}",
+  "é✓😀",
+  "\u202e\ufeff",
+  "x".repeat(5_000),
+  "' OR 1=1 --",
+  "%",
+  "\\",
+  "0000-01-01T00:00:00Z",
+  "2024-01-01T00:00:00+23:59",
+  "9999-12-31T23:59:60Z",
+  "2024-02-30T00:00:00Z",
+];
+
+/** Raw query-string text that no encoder produces: NUL, a lone surrogate, invalid UTF-8. */
+const HOSTILE_RAW = ["%00", "%ED%A0%80", "%FF", "%", "%%", "a&a=b"];
+
+/** JSON values of every type, for bodies. */
+const HOSTILE_JSON: unknown[] = [
+  ...HOSTILE_TEXT,
+  null,
+  true,
+  false,
+  0,
+  -1,
+  1.5,
+  2 ** 53,
+  2 ** 63,
+  1e30,
+  -1e308,
+  [],
+  [1, 2],
+  ["\u0000"],
+  [2 ** 63],
+  [null],
+  {},
+  { a: 1 },
+  [[[[]]]],
+];
+
+/** Whole bodies that are not the object a route expects. */
+const HOSTILE_BODIES = ["null", "[]", '"x"', "1", "{", '{"__proto__":{"x":1}}', "", '{"a":1}'];
+
+describe("admin API under hostile input", () => {
+  it("no 500 and no PostgreSQL text for any hostile value in any param, query field or body field", async () => {
+    const db = await createTestDatabase();
+    const receiver = await startReceiver();
+    const app = await startReactor({ databaseUrl: db.url, env: { ADMIN_TOKEN } });
+    const server = await startStatusServer(app, app.logger);
+    const base = serverUrl(server);
+    const problems: string[] = [];
+    let requests = 0;
+    const send = async (method: string, path: string, body?: string) => {
+      requests++;
+      const res = await fetch(`${base}${path}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${ADMIN_TOKEN}`,
+          ...(body === undefined ? {} : { "content-type": "application/json" }),
+        },
+        body,
+      });
+      const text = await res.text();
+      const shown = `${method} ${path.slice(0, 120)} ${body?.slice(0, 120) ?? ""} → ${res.status} ${text.slice(0, 200)}`;
+      if (res.status >= 500) problems.push(shown);
+      else if (
+        /violates|syntax for type|out of range for type|invalid byte sequence|relation "|column "|SQLSTATE/i.test(
+          text,
+        )
+      )
+        problems.push(`PostgreSQL text: ${shown}`);
+    };
+    try {
+      // A row of each kind, so filters and retries have something to touch.
+      await insertOrders(db.pool, 2, { prefix: "fuzz" });
+      await db.pool.query("INSERT INTO webhook_subscriptions (url, secret) VALUES ($1, $2)", [
+        `${receiver.url}/fuzz`,
+        `whsec_${Buffer.alloc(32, 1).toString("base64")}`,
+      ]);
+
+      const queryRoutes: Array<[string, string[]]> = [
+        [
+          "/admin/orders/failed",
+          [
+            "limit",
+            "after_id",
+            "error_contains",
+            "created_after",
+            "created_before",
+            "status",
+            "order_number",
+          ],
+        ],
+        [
+          "/admin/deliveries/failed",
+          [
+            "limit",
+            "after_id",
+            "error_contains",
+            "created_after",
+            "created_before",
+            "subscription_id",
+            "event_type",
+          ],
+        ],
+        ["/admin/subscriptions", ["limit", "after_id", "enabled"]],
+      ];
+      for (const [path, keys] of queryRoutes) {
+        for (const key of [...keys, "unknown_field"]) {
+          for (const v of HOSTILE_TEXT)
+            await send("GET", `${path}?${key}=${encodeURIComponent(v)}`);
+          for (const raw of HOSTILE_RAW) await send("GET", `${path}?${key}=${raw}`);
+          await send("GET", `${path}?${key}=1&${key}=2`);
+          await send("GET", `${path}?${key}[]=1`);
+        }
+      }
+
+      const paramRoutes: Array<[string, string, string | undefined]> = [
+        ["POST", "/admin/orders/:id/retry", undefined],
+        ["POST", "/admin/deliveries/:id/retry", undefined],
+        ["GET", "/admin/subscriptions/:id", undefined],
+        ["PATCH", "/admin/subscriptions/:id", '{"enabled":false}'],
+        ["DELETE", "/admin/subscriptions/:id", undefined],
+        ["POST", "/admin/subscriptions/:id/rotate", "{}"],
+        ["GET", "/admin/deliveries/:id/attempts", undefined],
+      ];
+      for (const [method, path, body] of paramRoutes) {
+        for (const v of [...HOSTILE_TEXT, "1"])
+          await send(method, path.replace(":id", encodeURIComponent(v) || "%20"), body);
+        for (const raw of HOSTILE_RAW) await send(method, path.replace(":id", raw), body);
+      }
+
+      const bodyRoutes: Array<[string, string, Record<string, unknown>, string[]]> = [
+        [
+          "POST",
+          "/admin/orders/retry",
+          { ids: [999999] },
+          [
+            "all",
+            "ids",
+            "error_contains",
+            "created_after",
+            "created_before",
+            "limit",
+            "status",
+            "order_number",
+          ],
+        ],
+        [
+          "POST",
+          "/admin/deliveries/retry",
+          { ids: [999999] },
+          [
+            "all",
+            "ids",
+            "error_contains",
+            "created_after",
+            "created_before",
+            "limit",
+            "subscription_id",
+            "event_type",
+          ],
+        ],
+        [
+          "POST",
+          "/admin/subscriptions",
+          { url: `${receiver.url}/fuzz`, enabled: false },
+          ["url", "event_types", "enabled", "description", "secret"],
+        ],
+        ["PATCH", "/admin/subscriptions/1", {}, ["url", "event_types", "enabled", "description"]],
+        ["POST", "/admin/subscriptions/1/rotate", {}, ["grace_hours"]],
+      ];
+      for (const [method, path, baseBody, keys] of bodyRoutes) {
+        for (const key of [...keys, "unknown_field"]) {
+          for (const v of HOSTILE_JSON)
+            await send(method, path, JSON.stringify({ ...baseBody, [key]: v }));
+          // Numbers past 2^64 as JSON text, which no JavaScript number can spell exactly.
+          await send(method, path, `{"${key}": 99999999999999999999999}`);
+          await send(method, path, `{"${key}": [99999999999999999999999]}`);
+        }
+        for (const raw of HOSTILE_BODIES) await send(method, path, raw);
+      }
+      expect(problems, problems.join("\n")).toEqual([]);
+      expect(requests).toBeGreaterThan(1_500);
+    } finally {
+      await server.close();
+      await app.stop(1_000);
+      await receiver.close();
+      await db.drop();
     }
   });
 });

@@ -88,6 +88,21 @@ function schemaErrors(errors: FastifySchemaValidationError[], dataVar: string): 
 }
 
 /**
+ * The path of the first number in `value` that is not finite, or null. Ajv coerces the
+ * text "Infinity" (or "1e400") to Infinity and then skips minimum and maximum, which it
+ * checks on finite numbers only; PostgreSQL would refuse it in its own words.
+ */
+function nonFinite(value: unknown, path: string): string | null {
+  if (typeof value === "number") return Number.isFinite(value) ? null : path;
+  if (value === null || typeof value !== "object") return null;
+  for (const [key, inner] of Object.entries(value)) {
+    const found = nonFinite(inner, `${path}/${key}`);
+    if (found) return found;
+  }
+  return null;
+}
+
+/**
  * A date-time PostgreSQL accepts, as UTC ISO text: the date-time format also passes year
  * 0000 and offsets beyond ±15:59, which PostgreSQL refuses with its own wording.
  */
@@ -139,6 +154,13 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
     async (admin) => {
       admin.addHook("onRequest", requireToken);
       admin.setSchemaErrorFormatter(schemaErrors);
+      admin.addHook("preHandler", async (req) => {
+        const where = { params: req.params, querystring: req.query, body: req.body };
+        for (const [name, value] of Object.entries(where)) {
+          const path = nonFinite(value, name);
+          if (path) throw badRequest(`${path} must be a finite number`);
+        }
+      });
 
       const workloads = {
         orders: {
