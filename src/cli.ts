@@ -1,16 +1,28 @@
 // The operator CLI (`npx pg-reactor …`): the tasks people otherwise do by hand in psql.
 // It talks to the database directly (DATABASE_URL, or the embedded server of npm start),
-// so it works even when no reactor is running.
-import { Command, InvalidArgumentError } from "commander";
+// so it works even when no reactor is running. It applies the admin API's rules (the
+// same input checks, the same SSRF policy, the same retry refusals), bounds every
+// connection and statement in time, and reports any failure as one line on stderr.
+import { Command, InvalidArgumentError, Option } from "commander";
 import pg from "pg";
-import { EnvError, loadEnv } from "./config/env.js";
-import { resolveDatabase } from "./db/connect.js";
+import { type Env, EnvError, loadEnv } from "./config/env.js";
+import {
+  CONNECT_TIMEOUT_MS,
+  describeDbError,
+  isTransientDbError,
+  resolveDatabase,
+} from "./db/connect.js";
 import { migrate } from "./db/migrate.js";
 import type { Pool } from "./db/pool.js";
 import { makeDeliveriesQueue } from "./deliveries/queue.js";
-import { makeSubscriptions } from "./deliveries/subscriptions.js";
+import { makeAddressPolicy, PrivateAddressError } from "./deliveries/ssrf.js";
+import {
+  makeSubscriptions,
+  SubscriptionInputError,
+  subscriptionInputProblem,
+} from "./deliveries/subscriptions.js";
 import { redactUrl } from "./logger.js";
-import { makeFailedRows } from "./reactor/failed-rows.js";
+import { makeFailedRows, retryOneRefusal } from "./reactor/failed-rows.js";
 import { SETTINGS_ROWS_SQL } from "./reactor/settings.js";
 import {
   defaultSettings,
@@ -21,21 +33,22 @@ import {
 import { makeOrdersQueue } from "./uploads/queue.js";
 import { VERSION } from "./version.js";
 
-/** Opens the database for one command and always closes it (and any embedded server). */
-async function withPool<T>(fn: (pool: Pool, url: string) => Promise<T>): Promise<T> {
-  const { url, embedded } = await resolveDatabase(loadEnv());
-  const pool = new pg.Pool({ connectionString: url, max: 2, application_name: "pg-reactor cli" });
-  try {
-    return await fn(pool, url);
-  } finally {
-    await pool.end();
-    await embedded?.stop();
-  }
+/** A statement gets this long unless --statement-timeout says otherwise. */
+const DEFAULT_STATEMENT_TIMEOUT_SECONDS = 30;
+/**
+ * Closing the connections waits at most this long: a server that stopped answering must
+ * not keep the process alive after the error is reported.
+ */
+const CLOSE_WAIT_MS = 2_000;
+
+/** An expected refusal; its message is printed as it is. */
+class CliError extends Error {
+  override name = "CliError";
 }
 
 const positiveInt = (value: string) => {
   const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1)
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < 1)
     throw new InvalidArgumentError("expected a positive integer");
   return n;
 };
@@ -43,6 +56,91 @@ const positiveInt = (value: string) => {
 const print = (value: unknown): void => {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 };
+
+const program = new Command()
+  .name("pg-reactor")
+  .description(
+    "Operate pg-reactor from the shell: migrate, inspect, retry, manage webhook subscriptions.",
+  )
+  .version(VERSION)
+  .option(
+    "--statement-timeout <seconds>",
+    "give up on a statement the database has not answered after this long",
+    positiveInt,
+    DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+  );
+
+const statementTimeoutMs = () =>
+  (program.opts<{ statementTimeout: number }>().statementTimeout ?? 30) * 1000;
+
+/** The database URL of the command running, to name it (without a password) in errors. */
+let currentUrl: string | null = null;
+
+/**
+ * Opens the database for one command and always closes it (and any embedded server).
+ * Connects time out after CONNECT_TIMEOUT_MS and statements after --statement-timeout,
+ * both in the client, so they also work through PgBouncer (which refuses a
+ * statement_timeout startup parameter).
+ */
+async function withPool<T>(fn: (pool: Pool, env: Env) => Promise<T>): Promise<T> {
+  const env = loadEnv();
+  const { url, embedded } = await resolveDatabase(env);
+  currentUrl = url;
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: 2,
+    application_name: "pg-reactor cli",
+    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    query_timeout: statementTimeoutMs(),
+  });
+  // An idle connection's error surfaces as the failure of the command's next query.
+  pool.on("error", () => undefined);
+  try {
+    return await fn(pool, env);
+  } finally {
+    await Promise.race([
+      pool.end().catch(() => undefined),
+      new Promise((resolve) => setTimeout(resolve, CLOSE_WAIT_MS).unref()),
+    ]);
+    await embedded?.stop();
+  }
+}
+
+/** Any failure as one line a person can act on: no stack, no PostgreSQL internals. */
+export function explain(err: unknown, url: string | null): string {
+  if (
+    err instanceof CliError ||
+    err instanceof EnvError ||
+    err instanceof SubscriptionInputError ||
+    err instanceof PrivateAddressError
+  )
+    return err.message;
+  if (err instanceof pg.DatabaseError) {
+    // undefined_table, invalid_schema_name: the tables are not there yet.
+    if (err.code === "42P01" || err.code === "3F000")
+      return "the database is not migrated: run `pg-reactor migrate` first";
+    if (err.code === "57014")
+      return "the database cancelled the statement (statement timeout); try again or raise --statement-timeout";
+    if (!isTransientDbError(err)) return `the database refused: ${err.message}`;
+  }
+  const e = err as { message?: string; code?: string; errors?: Array<{ message?: string }> };
+  if (e.message === "Query read timeout")
+    return `the database did not answer within ${statementTimeoutMs() / 1000} s (statement timeout; --statement-timeout changes it)`;
+  if (e.message === "Connection terminated due to connection timeout")
+    return `cannot reach the database${url ? ` at ${redactUrl(url)}` : ""}: no answer within ${CONNECT_TIMEOUT_MS / 1000} s (connect timeout: the server accepts TCP but does not speak)`;
+  // Node reports a refused connection to several addresses as an AggregateError without a message.
+  const text =
+    describeDbError(err) ||
+    e.errors
+      ?.map((x) => x.message)
+      .filter(Boolean)
+      .join("; ") ||
+    e.code ||
+    String(err);
+  if (isTransientDbError(err))
+    return `cannot reach the database${url ? ` at ${redactUrl(url)}` : ""}: ${text}`;
+  return text;
+}
 
 export async function status(pool: Pool) {
   const leases = await pool.query(
@@ -77,18 +175,12 @@ export async function status(pool: Pool) {
   };
 }
 
-const program = new Command()
-  .name("pg-reactor")
-  .description(
-    "Operate pg-reactor from the shell: migrate, inspect, retry, manage webhook subscriptions.",
-  )
-  .version(VERSION);
-
 program
   .command("migrate")
   .description("apply migrations and trigger SQL to DATABASE_URL (or the embedded database)")
   .action(async () => {
     const { url, embedded } = await resolveDatabase(loadEnv());
+    currentUrl = url;
     try {
       const { sqlApplied } = await migrate(url);
       process.stdout.write(
@@ -106,30 +198,51 @@ program
 
 program
   .command("retry")
-  .description("put failed rows back to pending (the reactors pick them up at once)")
+  .description(
+    "put failed rows back to pending (the reactors pick them up at once); say which: --id, --error-contains or --all",
+  )
   .requiredOption("--failed <workload>", "orders or deliveries", (v) => {
     if (v !== "orders" && v !== "deliveries")
       throw new InvalidArgumentError("expected orders or deliveries");
     return v;
   })
-  .option("--id <id>", "only this row", positiveInt)
-  .option("--error-contains <text>", "only rows whose last_error contains this text")
+  .addOption(
+    new Option("--id <id>", "only this row (it must be failed)")
+      .argParser(positiveInt)
+      .conflicts(["errorContains", "all"]),
+  )
+  .addOption(
+    new Option(
+      "--error-contains <text>",
+      "only rows whose last_error contains this text",
+    ).conflicts("all"),
+  )
+  .option("--all", "every failed row (up to --limit)")
   .option("--limit <n>", "at most this many rows", positiveInt, 10_000)
   .action(
     (opts: {
       failed: "orders" | "deliveries";
       id?: number;
       errorContains?: string;
+      all?: boolean;
       limit: number;
     }) =>
       withPool(async (pool) => {
         const spec =
           opts.failed === "orders" ? makeOrdersQueue(pool).spec : makeDeliveriesQueue(pool).spec;
         const rows = makeFailedRows(pool, spec, { columns: "t.id", allowedEquals: {} });
-        const retried = await rows.retryMatching(
-          { ids: opts.id ? [opts.id] : undefined, errorContains: opts.errorContains },
-          opts.limit,
-        );
+        if (opts.id !== undefined) {
+          const refusal = retryOneRefusal(opts.failed, opts.id, await rows.retryOne(opts.id));
+          if (refusal) throw new CliError(refusal);
+          process.stdout.write(`retried ${opts.failed} row ${opts.id}\n`);
+          return;
+        }
+        // Like the admin API's bulk retry: it must say what it retries.
+        if (!opts.errorContains && !opts.all)
+          throw new CliError(
+            "say which failed rows to retry: --id <id>, --error-contains <text> or --all",
+          );
+        const retried = await rows.retryMatching({ errorContains: opts.errorContains }, opts.limit);
         process.stdout.write(`retried ${retried} failed ${opts.failed}\n`);
       }),
   );
@@ -137,7 +250,9 @@ program
 const subscriptions = program.command("subscriptions").description("manage webhook subscriptions");
 subscriptions
   .command("add <url>")
-  .description("create a subscription; prints its secret once")
+  .description(
+    "create a subscription; prints its secret once. Private addresses are refused unless WEBHOOK_ALLOWED_NETWORKS lists them (or WEBHOOK_ALLOW_PRIVATE_NETWORKS=true)",
+  )
   .option("--event-types <list>", "comma-separated event types or prefix.* (default: all)", (v) =>
     v
       .split(",")
@@ -145,16 +260,26 @@ subscriptions
       .filter(Boolean),
   )
   .option("--description <text>")
-  .action((url: string, opts: { eventTypes?: string[]; description?: string }) =>
-    withPool(async (pool) =>
-      print(
-        await makeSubscriptions(pool).create({
+  .option("--disabled", "create it disabled")
+  .action(
+    (url: string, opts: { eventTypes?: string[]; description?: string; disabled?: boolean }) =>
+      withPool(async (pool, env) => {
+        const input = {
           url,
           event_types: opts.eventTypes,
           description: opts.description,
-        }),
-      ),
-    ),
+          enabled: !opts.disabled,
+        };
+        const problem = subscriptionInputProblem(input);
+        if (problem) throw new CliError(problem);
+        try {
+          await makeAddressPolicy(env).check(url);
+        } catch (err) {
+          if (err instanceof PrivateAddressError) throw err;
+          throw new CliError(`url host does not resolve: ${(err as Error).message}`);
+        }
+        print(await makeSubscriptions(pool).create(input));
+      }),
   );
 subscriptions
   .command("list")
@@ -163,31 +288,49 @@ subscriptions
     withPool(async (pool) => print((await makeSubscriptions(pool).list({ limit: 1000 })).items)),
   );
 subscriptions
-  .command("rotate <id>")
+  .command("rotate")
   .description("new secret; the old one keeps signing for the grace period")
+  .argument("<id>", "subscription id", positiveInt)
   .option("--grace-hours <n>", "hours the old secret keeps signing", positiveInt, 24)
-  .action((id: string, opts: { graceHours: number }) =>
+  .action((id: number, opts: { graceHours: number }) =>
     withPool(async (pool) => {
-      const sub = await makeSubscriptions(pool).rotate(positiveInt(id), opts.graceHours);
-      if (!sub) throw new Error(`no subscription with id ${id}`);
+      const sub = await makeSubscriptions(pool).rotate(id, opts.graceHours);
+      if (!sub) throw new CliError(`no subscription with id ${id}`);
       print(sub);
     }),
   );
+for (const [name, enabled, what] of [
+  ["disable", false, "stop delivering to a subscription"],
+  ["enable", true, "deliver to a subscription again (clears why it was disabled)"],
+] as const) {
+  subscriptions
+    .command(name)
+    .description(what)
+    .argument("<id>", "subscription id", positiveInt)
+    .action((id: number) =>
+      withPool(async (pool) => {
+        const sub = await makeSubscriptions(pool).update(id, { enabled });
+        if (!sub) throw new CliError(`no subscription with id ${id}`);
+        print(sub);
+      }),
+    );
+}
 subscriptions
-  .command("disable <id>")
-  .description("stop delivering to a subscription")
-  .action((id: string) =>
+  .command("delete")
+  .description("delete a subscription and its deliveries")
+  .argument("<id>", "subscription id", positiveInt)
+  .action((id: number) =>
     withPool(async (pool) => {
-      const sub = await makeSubscriptions(pool).update(positiveInt(id), { enabled: false });
-      if (!sub) throw new Error(`no subscription with id ${id}`);
-      print(sub);
+      if (!(await makeSubscriptions(pool).remove(id)))
+        throw new CliError(`no subscription with id ${id}`);
+      process.stdout.write(`deleted subscription ${id}\n`);
     }),
   );
 
 try {
   await program.parseAsync(process.argv);
 } catch (err) {
-  const message = err instanceof EnvError ? err.message : (err as Error).message;
-  process.stderr.write(`pg-reactor: ${message}\n`);
-  process.exitCode = 1;
+  process.stderr.write(`pg-reactor: ${explain(err, currentUrl).replace(/\s*\n\s*/g, " ")}\n`);
+  // Exit now: a connection the server never answered may still hold the event loop.
+  process.exit(1);
 }
