@@ -492,6 +492,52 @@ describe("status server", () => {
     expect(deliveries).toEqual({ items: [], next_after_id: null });
   });
 
+  it("Retry-After is honoured on 503 (up to the clamp) and ignored on 500: the retry follows the schedule", async () => {
+    const previous = receiver.fallback;
+    receiver.fallback = (req) =>
+      req.path === "/ra-500"
+        ? { status: 500, headers: { "retry-after": "3000" } }
+        : req.path === "/ra-503"
+          ? { status: 503, headers: { "retry-after": "3000" } }
+          : { status: 204 };
+    const ids: number[] = [];
+    try {
+      for (const p of ["/ra-500", "/ra-503"]) {
+        const res = await api("/admin/subscriptions", {
+          method: "POST",
+          json: { url: `${receiver.url}${p}`, event_types: ["retry_after.test"] },
+        });
+        ids.push((await res.json()).id);
+      }
+      await db.pool.query(
+        "INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload) VALUES ('o', '1', 'retry_after.test', '{}')",
+      );
+      const rows = await waitFor(
+        async () => {
+          const r = await db.pool.query(
+            `SELECT subscription_id::int AS sub, last_status,
+               extract(epoch FROM next_attempt_at - now())::float8 AS wait_s
+             FROM webhook_deliveries WHERE subscription_id = ANY ($1::bigint[]) AND attempts = 1
+               AND state = 'pending' AND locked_by IS NULL ORDER BY subscription_id`,
+            [ids],
+          );
+          return r.rows.length === 2 ? r.rows : null;
+        },
+        { what: "both deliveries attempted once" },
+      );
+      // 500: the schedule's first step (5 s, with jitter), not the 50 minutes asked for.
+      expect(rows[0]).toMatchObject({ sub: ids[0], last_status: 500 });
+      expect(rows[0].wait_s).toBeLessThan(60);
+      // 503: the 50 minutes asked for (within the 1 s-1 h clamp).
+      expect(rows[1]).toMatchObject({ sub: ids[1], last_status: 503 });
+      expect(rows[1].wait_s).toBeGreaterThan(2_900);
+      expect(rows[1].wait_s).toBeLessThanOrEqual(3_000);
+    } finally {
+      receiver.fallback = previous;
+      for (const id of ids) await api(`/admin/subscriptions/${id}`, { method: "DELETE" });
+    }
+  });
+
   it("a huge body is refused with 413, and nothing secret reached the log", async () => {
     const res = await api("/admin/subscriptions", {
       method: "POST",
