@@ -74,14 +74,16 @@ export function makeApp(options: AppOptions): App {
     logger,
     metrics,
   });
+  // One SSRF policy for the pre-check and the connect step.
+  const addressPolicy = makeAddressPolicy(env);
   const deliveries = makeDeliveriesWorkload({
     pool,
     queue: makeDeliveriesQueue(pool),
     settings: settings.current,
     // The SSRF guard checks the address actually dialled, so DNS rebinding cannot reach a
     // private network; WEBHOOK_ALLOWED_NETWORKS widens it, ..._ALLOW_PRIVATE_NETWORKS lifts it.
-    agent: makeAgent({ connections: 64, guard: makeAddressPolicy(env) }),
-    allowPrivateNetworks: env.webhookAllowPrivateNetworks,
+    agent: makeAgent({ connections: 64, guard: addressPolicy }),
+    addressPolicy,
     logger,
     metrics,
   });

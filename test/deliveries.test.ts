@@ -296,7 +296,7 @@ describe("outbox → webhook deliveries", () => {
     await subscribe(db.pool, `http://[::1]:${receiver.port}/v6`);
     app = await startReactor({
       databaseUrl: db.url,
-      env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: "false" },
+      env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: "false", WEBHOOK_ALLOWED_NETWORKS: "" },
     });
     await emit(db.pool, "order.created");
     const rows = await waitFor(async () => {

@@ -142,7 +142,7 @@ describe("/metrics as production serves it", () => {
       databaseUrl: db.url,
       shipstationUrl: fake.url,
       // Production's SSRF guard: a subscription to a private address ends failed.
-      env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: "false" },
+      env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: "false", WEBHOOK_ALLOWED_NETWORKS: "" },
     });
     server = await startStatusServer(app, app.logger);
     const url = `${serverUrl(server)}/metrics`;

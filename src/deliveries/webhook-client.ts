@@ -34,11 +34,6 @@ export interface SendOptions {
   agent: Agent;
   /** The pre-check: a refused address fails the row before any connection is opened. */
   policy?: AddressPolicy;
-  /**
-   * Ignored: the agent's guard and `policy` decide. Kept until every caller passes
-   * `policy` instead.
-   */
-  allowPrivate?: boolean;
 }
 
 export async function sendWebhook(options: SendOptions): Promise<WebhookResult> {

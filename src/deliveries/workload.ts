@@ -15,6 +15,7 @@ import type { Workload } from "../reactor/workload.js";
 import { applyRetention, disableGoneSubscription, RETENTION_BATCH } from "./maintenance.js";
 import { type ClaimedDelivery, DELIVERIES_CHANNEL, MAX_WEBHOOK_BODY_BYTES } from "./queue.js";
 import { deliveryBody, signedHeaders } from "./signing.js";
+import type { AddressPolicy } from "./ssrf.js";
 import { sendWebhook } from "./webhook-client.js";
 
 /** Retry-After is honoured within this range; outside it is clamped. */
@@ -30,7 +31,8 @@ export interface DeliveriesOptions {
   queue: LeaseQueue<ClaimedDelivery>;
   settings: Readonly<Settings>;
   agent: Agent;
-  allowPrivateNetworks: boolean;
+  /** The SSRF policy: refused targets fail before any connection is opened. */
+  addressPolicy: AddressPolicy;
   logger: Logger;
   metrics: Metrics;
 }
@@ -117,7 +119,7 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
       headers,
       timeoutMs: settings.delivery_timeout_seconds * 1000,
       agent: options.agent,
-      allowPrivate: options.allowPrivateNetworks,
+      policy: options.addressPolicy,
     });
     metrics.httpResponses.inc({
       ...label,

@@ -71,6 +71,7 @@ export async function buildStatus(app: App) {
       shipstationCredentials: Boolean(app.env.shipstation.apiKey && app.env.shipstation.apiSecret),
       adminRoutes: Boolean(app.env.adminToken),
       webhookAllowPrivateNetworks: app.env.webhookAllowPrivateNetworks,
+      webhookAllowedNetworks: app.env.webhookAllowedNetworks,
       separateListenUrl: Boolean(app.env.listenDatabaseUrl),
     },
     listener: { ...ls },

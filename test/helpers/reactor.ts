@@ -20,7 +20,8 @@ export async function startReactor(options: StartOptions): Promise<App> {
     SHIPSTATION_BASE_URL: options.shipstationUrl ?? "http://127.0.0.1:9",
     SHIPSTATION_API_KEY: "test-key",
     SHIPSTATION_API_SECRET: "test-secret",
-    WEBHOOK_ALLOW_PRIVATE_NETWORKS: "true",
+    // The SSRF guard stays on; the tests' own receivers listen on loopback.
+    WEBHOOK_ALLOWED_NETWORKS: "127.0.0.1/32",
     HTTP_PORT: "0",
     ...options.env,
   });
