@@ -85,12 +85,17 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
         error: `cancelled: subscription ${row.subscription_id} is disabled${row.disabled_reason ? ` (${row.disabled_reason})` : ""}`,
       };
     }
-    if (row.event_payload === null || row.payload_bytes > MAX_WEBHOOK_BODY_BYTES) {
-      // Receivers commonly cap bodies well below this; retrying would only repeat it.
+    if (row.event_payload === null) {
+      // Not loaded by the claim (see ClaimedRow.payload_bytes). Receivers commonly cap
+      // bodies well below the limit; retrying would only repeat it.
+      const size =
+        row.payload_bytes > MAX_WEBHOOK_BODY_BYTES
+          ? `is ${row.payload_bytes} bytes`
+          : `is larger than ${MAX_WEBHOOK_BODY_BYTES} bytes as JSON text (${row.payload_bytes} bytes stored)`;
       return {
         id: row.id,
         kind: "failed",
-        error: `event payload is ${row.payload_bytes} bytes; webhooks carry at most ${MAX_WEBHOOK_BODY_BYTES} (send a reference to the data instead)`,
+        error: `event payload ${size}; webhooks carry at most ${MAX_WEBHOOK_BODY_BYTES} (send a reference to the data instead)`,
       };
     }
     const event = {

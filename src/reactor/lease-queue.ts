@@ -49,6 +49,7 @@ export interface QueueTableSpec {
     join?: string;
     /** Name of the returned column. */
     as: string;
+    /** The most a workload sends of it; see ClaimedRow.payload_bytes. */
     maxBytes: number;
   };
   /**
@@ -118,7 +119,11 @@ export interface ClaimedRow {
   pickup_lag: number;
   /** The version column's value at claim time, compared at finalize. */
   claim_version: unknown;
-  /** Size in bytes of the payload as text (the payload is null when it exceeds the limit). */
+  /**
+   * Size in bytes of the payload as stored (uncompressed jsonb). The payload is null when
+   * it is over 8 times the limit stored, or over twice the limit as text, or cannot be
+   * converted to text at all; the workload applies the exact limit to what it sends.
+   */
   payload_bytes: number;
   /**
    * True when the row's previous lease expired (its process crashed or hung) and it had
@@ -201,21 +206,18 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
   const payload = spec.payload.sql;
 
   // The partial index (next_attempt_at, id) WHERE state = pending serves the candidate
-  // scan. A payload's size is its text size, except that one whose binary jsonb size
-  // (payload || '{}' is an uncompressed copy; cheap) is over 8 times the limit is
-  // oversized for certain and is not converted: turning 16 MB of jsonb into text costs a
-  // quarter of a second, its binary size 7 ms. (Text is never less than an eighth of
-  // the binary size: the densest case, an array of small numbers, is about a fifth.)
-  // The running byte sum stops the claim at CLAIM_MAX_BYTES; locks on candidates
-  // beyond it end with the statement.
+  // scan. A payload's size is its uncompressed jsonb size (payload || '{}' is a copy:
+  // 7 ms for 16 MB, where building its text takes a quarter of a second). The running
+  // byte sum stops the claim at CLAIM_MAX_BYTES; locks on candidates beyond it end with
+  // the statement. The text is built by reactor_json_text (sql/050_json_text.sql), which
+  // returns NULL instead of failing the claim for a payload too large to send or to
+  // convert at all.
   const claimSql = `
     WITH cand AS (
       SELECT t.id, t.next_attempt_at, t.attempts,
         greatest(t.next_attempt_at, coalesce(t.locked_until, t.next_attempt_at)) AS due_at,
         (t.locked_by IS NOT NULL AND t.attempts >= $4) AS dead,
-        CASE WHEN pg_column_size(${payload} || '{}'::jsonb) > 8 * $5::bigint
-          THEN pg_column_size(${payload} || '{}'::jsonb)::bigint
-          ELSE octet_length(${payload}::text)::bigint END AS bytes
+        pg_column_size(${payload} || '{}'::jsonb)::bigint AS bytes
       FROM ${t} t ${spec.payload.join ?? ""}
       WHERE t.${state} = ${pending}
         AND t.next_attempt_at <= now()
@@ -227,7 +229,7 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
     ), picked AS (
       SELECT c.*,
         row_number() OVER w AS rn,
-        sum(CASE WHEN c.bytes > $5 THEN 0 ELSE c.bytes END) OVER w AS running
+        sum(CASE WHEN c.bytes > 8 * $5::bigint THEN 0 ELSE c.bytes END) OVER w AS running
       FROM cand c
       WINDOW w AS (ORDER BY c.next_attempt_at, c.id)
     )
@@ -243,7 +245,8 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
     FROM picked p ${spec.claimFrom ?? ""}
     WHERE t.id = p.id AND (p.rn = 1 OR p.running <= $6) ${spec.claimWhere ?? ""}
     RETURNING ${spec.returning}, t.attempts, p.bytes AS payload_bytes, p.dead AS abandoned,
-      CASE WHEN p.bytes > $5 THEN NULL ELSE ${payload} END AS ${q(spec.payload.as)},
+      CASE WHEN p.bytes > 8 * $5::bigint THEN NULL
+        ELSE reactor_json_text(${payload}, (2 * $5)::integer) END AS ${q(spec.payload.as)},
       ${version} AS claim_version,
       greatest(0, extract(epoch FROM clock_timestamp() - p.due_at))::float8 AS pickup_lag`;
 

@@ -137,8 +137,13 @@ function describe(value: unknown): string {
  */
 export function buildOrder(row: OrderRow): BuildResult {
   const fail = (error: string): BuildResult => ({ ok: false, error: `invalid order: ${error}` });
-  if (row.payload === null || row.payload_bytes > ORDER_MAX_BYTES) {
-    return fail(`payload is ${row.payload_bytes} bytes; the limit is ${ORDER_MAX_BYTES}`);
+  if (row.payload === null) {
+    // The claim did not load it (see ClaimedRow.payload_bytes).
+    return fail(
+      row.payload_bytes > ORDER_MAX_BYTES
+        ? `payload is ${row.payload_bytes} bytes; the limit is ${ORDER_MAX_BYTES}`
+        : `payload is larger than ${ORDER_MAX_BYTES} bytes as JSON text (${row.payload_bytes} bytes stored; numbers with huge exponents?)`,
+    );
   }
   try {
     let payload: unknown;

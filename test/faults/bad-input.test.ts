@@ -220,7 +220,8 @@ describe("fault: bad-input corpus", () => {
     const subs = await call("/admin/subscriptions", {
       method: "POST",
       body: JSON.stringify({
-        url: "https://example.com/x",
+        // An address literal: the SSRF check needs no DNS for it.
+        url: "https://93.184.215.14/x",
         description: "Robert'); DROP TABLE webhook_subscriptions;--",
       }),
     });
