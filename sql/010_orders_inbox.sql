@@ -75,3 +75,23 @@ CREATE TRIGGER reactor_orders_notify_update
   AFTER UPDATE ON orders_inbox
   REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
   FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_update();
+
+-- An order inserted without order_key uploads under its id. If some other row already
+-- holds that id as its key, the new row gets a key of its own instead of being refused
+-- (upload_key is unique: two rows may never share a ShipStation orderKey).
+CREATE OR REPLACE FUNCTION reactor_orders_before_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM orders_inbox WHERE upload_key = NEW.id::text) THEN
+    NEW.order_key := 'pgr-id-' || NEW.id;
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS reactor_orders_before_insert ON orders_inbox;
+CREATE TRIGGER reactor_orders_before_insert
+  BEFORE INSERT ON orders_inbox
+  FOR EACH ROW
+  WHEN (NEW.order_key IS NULL)
+  EXECUTE FUNCTION reactor_orders_before_insert();

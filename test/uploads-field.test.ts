@@ -86,9 +86,27 @@ describe("uploads in the field", () => {
         [String(id), JSON.stringify(validPayload())],
       ),
     ).rejects.toThrow(/order_key_must_differ_from_other_orders_keys_and_ids/);
+    // The other way round: a row without order_key whose id another row holds as its key
+    // gets a key of its own instead of being refused.
+    const { rows } = await db.pool.query<{ id: string }>(
+      // Y takes the id after this one; the unkeyed order, the one after that.
+      "SELECT nextval(pg_get_serial_sequence('orders_inbox', 'id')) + 2 AS id",
+    );
+    const next = String(rows[0]?.id);
+    await db.pool.query(
+      "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('Y', $1, $2)",
+      [next, JSON.stringify(validPayload())],
+    );
+    const [unkeyed] = await insertOrders(db.pool, 1);
+    expect(String(unkeyed)).toBe(next);
+    const keys = await db.pool.query(
+      "SELECT order_key, upload_key FROM orders_inbox WHERE id = $1",
+      [unkeyed],
+    );
+    expect(keys.rows[0]).toEqual({ order_key: `pgr-id-${next}`, upload_key: `pgr-id-${next}` });
     await start();
-    await waitFor(() => fake.received.get(String(id)) === 1, { what: "the order under its id" });
-    expect(fake.calls.flatMap((c) => c.orders).map((o) => o.orderKey)).toEqual([String(id)]);
+    await waitFor(() => fake.received.size === 3, { what: "three orders, three keys" });
+    expect([...fake.received.values()]).toEqual([1, 1, 1]);
   });
 
   it("a 4xx for a whole batch is split until the bad order is alone; the others upload", async () => {

@@ -70,8 +70,15 @@ function workloadChecks(app: App, time: string): Record<string, Check[]> {
       });
     } else {
       const idleFor = (now - (d?.lastProgressAt ?? app.startedAt).getTime()) / 1000;
-      const stalled =
-        !disabled && !paused && (stats?.claimable ?? 0) > 0 && idleFor > STALL_SECONDS;
+      const stuck = !disabled && !paused && (stats?.claimable ?? 0) > 0 && idleFor > STALL_SECONDS;
+      // Claims that keep running and find nothing mean the due rows are locked by another
+      // transaction (an app's): worth a warning, not a failed probe. No claim at all for
+      // that long (the safety poll wakes a claim at least every poll interval) means this
+      // reactor's loop is not working.
+      const claimSecs = (now - (d?.lastClaimAt ?? app.startedAt).getTime()) / 1000;
+      const claimGap = Math.max(STALL_SECONDS, 2 * app.settings.current.poll_interval_seconds);
+      const stalled = stuck && claimSecs > claimGap;
+      const blocked = stuck && !stalled;
       const waiting = d?.waitingOnLocks;
       const lockSecs = waiting?.since ? (now - waiting.since.getTime()) / 1000 : 0;
       progress = stalled
@@ -79,12 +86,17 @@ function workloadChecks(app: App, time: string): Record<string, Check[]> {
             observedValue: false,
             output: `${stats?.claimable} rows are due and unclaimed, and nothing was claimed or recorded for ${Math.round(idleFor)} s`,
           })
-        : lockSecs > LOCK_WAIT_WARN_SECONDS
+        : blocked
           ? check("warn", {
               observedValue: true,
-              output: `${waiting?.rows} finished rows have waited ${Math.round(lockSecs)} s for another transaction's row lock to record their results`,
+              output: `${stats?.claimable} due rows could not be claimed for ${Math.round(idleFor)} s: another transaction holds them locked?`,
             })
-          : check("pass", { observedValue: true });
+          : lockSecs > LOCK_WAIT_WARN_SECONDS
+            ? check("warn", {
+                observedValue: true,
+                output: `${waiting?.rows} finished rows have waited ${Math.round(lockSecs)} s for another transaction's row lock to record their results`,
+              })
+            : check("pass", { observedValue: true });
     }
     checks[`${workload.name}:progress`] = progress;
     for (const extra of workload.checks?.() ?? []) {

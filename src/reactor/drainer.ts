@@ -20,6 +20,8 @@ const STATS_EVERY_MS = 5_000;
  * often) instead of claiming, so backlog and oldest age keep counting the rows that wait.
  */
 const HELD_STATS_EVERY_MS = 1_000;
+/** A lease renewal that missed rows (locked by an app, or an error) is tried again this soon. */
+const RENEW_RETRY_MS = 1_000;
 /** Progress is logged as one summary line at most this often while work flows. */
 const SUMMARY_EVERY_MS = 5_000;
 
@@ -53,6 +55,8 @@ export interface DrainerState {
   failingSince: Date | null;
   /** When rows were last claimed or recorded. */
   lastProgressAt: Date | null;
+  /** When a claim last ran, whether or not it found rows. */
+  lastClaimAt: Date | null;
   /** Finished rows whose results wait for another transaction's row lock. */
   waitingOnLocks: { rows: number; since: Date | null };
 }
@@ -97,6 +101,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     lastError: null as string | null,
     failingSince: null as Date | null,
     lastProgressAt: null as Date | null,
+    lastClaimAt: null as Date | null,
   };
   let summary = { counts: zeroCounts(), since: 0 };
   let summaryTimer: NodeJS.Timeout | null = null;
@@ -150,26 +155,40 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     onDropped: leaveFlight,
   });
 
-  // Leases of rows in flight are extended every third of a lease, so a call that takes
-  // longer than lease_seconds keeps its rows; a process that hangs stops renewing and
-  // its rows become claimable again when the lease runs out.
+  // Leases of rows in flight are extended every third of a lease (as lease_seconds is
+  // now: a lowered setting takes effect at the next claim), also while shutting down
+  // until they are released, so a call that takes longer than lease_seconds keeps its
+  // rows. A row an app holds locked cannot be renewed: it is tried again within a
+  // second. A process that hangs stops renewing and its rows become claimable again
+  // when the lease runs out.
   let renewTimer: NodeJS.Timeout | null = null;
-  function scheduleRenewal() {
-    if (renewTimer || stopping || inFlight.size === 0) return;
-    renewTimer = setTimeout(
-      async () => {
-        renewTimer = null;
-        if (inFlight.size === 0) return;
-        try {
-          await workload.queue.renew(owner, [...inFlight], options.leaseSeconds());
-        } catch (err) {
-          log.warn({ err: (err as Error).message }, "could not renew leases of rows in flight");
-        }
-        scheduleRenewal();
-      },
-      Math.max(500, (options.leaseSeconds() * 1000) / 3),
-    );
+  let renewAt = 0;
+  let renewing = false;
+  function scheduleRenewal(delayMs = Math.max(500, (options.leaseSeconds() * 1000) / 3)) {
+    if (inFlight.size === 0 || renewing) return;
+    const at = Date.now() + delayMs;
+    if (renewTimer && renewAt <= at) return;
+    if (renewTimer) clearTimeout(renewTimer);
+    renewAt = at;
+    renewTimer = setTimeout(renewNow, delayMs);
     renewTimer.unref?.();
+  }
+  async function renewNow() {
+    renewTimer = null;
+    if (inFlight.size === 0) return;
+    renewing = true;
+    let next: number | undefined;
+    try {
+      const ids = [...inFlight];
+      const renewed = await workload.queue.renew(owner, ids, options.leaseSeconds());
+      if (renewed.length < ids.filter((id) => inFlight.has(id)).length) next = RENEW_RETRY_MS;
+    } catch (err) {
+      next = RENEW_RETRY_MS;
+      log.warn({ err: (err as Error).message }, "could not renew leases of rows in flight");
+    } finally {
+      renewing = false;
+    }
+    scheduleRenewal(next);
   }
 
   function wake(reason: WakeReason) {
@@ -283,6 +302,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
           exclude: excluded,
         });
         errorStreak = 0;
+        state.lastClaimAt = new Date();
         state.lastError = null;
         state.failingSince = null;
         const rows = claimed.filter((r) => !r.abandoned);
@@ -393,6 +413,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
       if (timedOut)
         log.warn({ inFlightRows: inFlight.size }, "shutdown grace ran out with work in flight");
       finalizer.stop();
+      inFlight.clear();
       if (renewTimer) clearTimeout(renewTimer);
       if (heldStatsTimer) clearTimeout(heldStatsTimer);
       if (summaryTimer) {

@@ -27,6 +27,8 @@ export type CreateOrdersResponse =
   | { kind: "ok"; status: number; results: CreateOrderResult[]; rate: RateHeaders }
   | { kind: "rate_limited"; status: 429; resetMs: number }
   | { kind: "auth"; status: number; error: string }
+  /** Not an answer about the orders (a wrong base URL, a redirect): no order is at fault. */
+  | { kind: "endpoint"; status: number; error: string }
   | { kind: "rejected"; status: number; error: string }
   | { kind: "transient"; status: number | null; error: string };
 
@@ -99,6 +101,15 @@ export function makeShipStationClient(options: {
           kind: "transient",
           status,
           error: `ShipStation HTTP ${status}: ${excerpt(text)}`,
+        };
+      }
+      // Only these say something about the orders sent; a 404, 405 or 3xx says the
+      // request went to the wrong place, and no order should fail for it.
+      if (status >= 300 && ![400, 409, 413, 422].includes(status)) {
+        return {
+          kind: "endpoint",
+          status,
+          error: `ShipStation answered HTTP ${status} to ${url.replace(/\/\/[^/@]*@/, "//")}: check SHIPSTATION_BASE_URL (${excerpt(text).slice(0, 200)})`,
         };
       }
       if (status >= 300) {

@@ -42,8 +42,22 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
   const { settings, client, limiter, metrics } = options;
   const log = options.logger.child({ workload: "uploads" });
   const label = { workload: "uploads" };
-  /** Set while ShipStation refuses the credentials: why, and when to try them again. */
-  let credentials: { error: string; failures: number; retryAt: number; since: Date } | null = null;
+  /**
+   * Set while ShipStation refuses the credentials (auth) or the calls go nowhere useful
+   * (endpoint: a wrong base URL): why, and when to try again.
+   */
+  let credentials: {
+    kind: "auth" | "endpoint";
+    error: string;
+    failures: number;
+    retryAt: number;
+    since: Date;
+  } | null = null;
+  /**
+   * When the shared budget next has a slot, once a take found it spent: until then the
+   * drainer claims nothing, instead of claiming the backlog only to hand it back.
+   */
+  let budgetFreeAt = 0;
 
   function disabledReason(): string | null {
     if (!client)
@@ -53,8 +67,9 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
   }
 
   function pausedUntil(): number {
-    const retryAt = credentials && credentials.retryAt > Date.now() ? credentials.retryAt : 0;
-    return Math.max(retryAt, limiter.pausedUntil());
+    const now = Date.now();
+    const retryAt = credentials && credentials.retryAt > now ? credentials.retryAt : 0;
+    return Math.max(retryAt, limiter.pausedUntil(), budgetFreeAt > now ? budgetFreeAt : 0);
   }
 
   function pauseReason(): string | null {
@@ -62,8 +77,9 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
       return `${credentials.error}; trying again at ${new Date(credentials.retryAt).toISOString()}`;
     }
     const until = limiter.pausedUntil();
-    return until
-      ? `paused by ShipStation's rate limit until ${new Date(until).toISOString()}`
+    if (until) return `paused by ShipStation's rate limit until ${new Date(until).toISOString()}`;
+    return budgetFreeAt > Date.now()
+      ? `upload_rate_limit_per_minute is used up until ${new Date(budgetFreeAt).toISOString()}`
       : null;
   }
 
@@ -101,13 +117,14 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
     const wait = await takeSlot();
     if (wait > 0) {
       metrics.rateLimitPauses.inc(label);
+      budgetFreeAt = Math.max(budgetFreeAt, Date.now() + wait);
       const at = new Date(Date.now() + wait);
       return rows.map((r) => ({ id: r.id, kind: "defer", at }));
     }
     const res = await client.createOrders(jsons);
     metrics.httpResponses.inc({ ...label, class: statusClass(res.status) });
-    if (res.kind !== "auth" && credentials) {
-      log.info("ShipStation accepts the credentials again; uploads resume");
+    if (res.kind !== "auth" && res.kind !== "endpoint" && credentials) {
+      log.info("ShipStation answers again; uploads resume");
       credentials = null;
     }
     switch (res.kind) {
@@ -145,6 +162,7 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
         const until = await pauseForReset(res.resetMs, "ShipStation rate limit hit (429)");
         return rows.map((r) => ({ id: r.id, kind: "defer", at: new Date(until) }));
       }
+      case "endpoint":
       case "auth": {
         // Every order would fail the same way: keep them pending and try the credentials
         // again with a back-off, resuming by itself when they work.
@@ -155,6 +173,7 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
           CREDENTIALS_RETRY_CAP_MS,
         );
         credentials = {
+          kind: res.kind,
           error: res.error,
           failures,
           retryAt: Date.now() + delay,
@@ -195,17 +214,20 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
         },
       ];
     }
-    if (credentials) {
-      return [
-        {
-          name: "credentials",
-          status: "fail",
-          observedValue: false,
-          output: `${credentials.error} (since ${credentials.since.toISOString()}); next try at ${new Date(credentials.retryAt).toISOString()}`,
-        },
-      ];
-    }
-    return [{ name: "credentials", status: "pass", observedValue: true }];
+    const refused = (name: "auth" | "endpoint"): WorkloadCheck =>
+      credentials?.kind === name
+        ? {
+            name: name === "auth" ? "credentials" : "endpoint",
+            status: "fail",
+            observedValue: false,
+            output: `${credentials.error} (since ${credentials.since.toISOString()}); next try at ${new Date(credentials.retryAt).toISOString()}`,
+          }
+        : {
+            name: name === "auth" ? "credentials" : "endpoint",
+            status: "pass",
+            observedValue: true,
+          };
+    return [refused("auth"), refused("endpoint")];
   }
 
   return {
