@@ -41,13 +41,16 @@ BEGIN
 END
 $$;
 
--- The target said to stop until `p_until` (429, or X-Rate-Limit-Remaining: 0): every
--- replica's next take waits for it. Extends a pause, never shortens it.
-CREATE OR REPLACE FUNCTION reactor_rate_pause(p_name text, p_until timestamptz)
+-- The target said to stop for `p_ms` milliseconds (429, or X-Rate-Limit-Remaining: 0):
+-- every replica's next take waits for it. Extends a pause, never shortens it. The end
+-- is computed on the database's clock, so a replica whose clock is off cannot stretch
+-- or lose the pause.
+DROP FUNCTION IF EXISTS reactor_rate_pause(text, timestamptz);
+CREATE OR REPLACE FUNCTION reactor_rate_pause(p_name text, p_ms double precision)
 RETURNS timestamptz
 LANGUAGE sql AS $$
   INSERT INTO reactor_rate_limits AS r (name, paused_until, updated_at)
-  VALUES (p_name, p_until, now())
+  VALUES (p_name, clock_timestamp() + make_interval(secs => p_ms / 1000), now())
   ON CONFLICT (name) DO UPDATE
     SET paused_until = greatest(coalesce(r.paused_until, excluded.paused_until), excluded.paused_until),
         updated_at = now()

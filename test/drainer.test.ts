@@ -139,6 +139,7 @@ describe("drainer state machine", () => {
   let events: DrainerEvent[];
   let processImpl: (rows: ClaimedRow[]) => Promise<Outcome[]>;
   let paused = 0;
+  let lease = 6;
 
   const start = (overrides: Partial<Workload> = {}) => {
     const workload: Workload = {
@@ -157,7 +158,7 @@ describe("drainer state machine", () => {
     drainer = makeDrainer({
       workload,
       owner: "me/1",
-      leaseSeconds: () => 6,
+      leaseSeconds: () => lease,
       logger: makeLogger("silent"),
       metrics: makeMetrics(),
       onEvent: (e) => events.push(e),
@@ -172,6 +173,7 @@ describe("drainer state machine", () => {
     mem = memoryQueue();
     events = [];
     paused = 0;
+    lease = 6;
     processImpl = async (rows) => rows.map((r) => ({ id: r.id, kind: "success" }));
   });
   afterEach(async () => {
@@ -265,6 +267,51 @@ describe("drainer state machine", () => {
     await vi.advanceTimersByTimeAsync(2_000);
     expect(done()).toBe(1);
     expect(mem.rows.get(1)?.attempts).toBe(1);
+  });
+
+  it("a lowered lease_seconds takes effect for rows claimed after it", async () => {
+    lease = 120;
+    processImpl = (rows) =>
+      new Promise((resolve) =>
+        setTimeout(
+          () => resolve(rows.map((r) => ({ id: r.id, kind: "success" as const }))),
+          30_000,
+        ),
+      );
+    mem.add(1);
+    const d = start();
+    d.wake("notify");
+    await settle();
+    lease = 6;
+    mem.add(1);
+    d.wake("notify");
+    await settle();
+    const renewsBefore = mem.calls.renew;
+    await vi.advanceTimersByTimeAsync(2_500);
+    // Renewed at a third of the new lease, not of the 120 s one (40 s away).
+    expect(mem.calls.renew).toBeGreaterThan(renewsBefore);
+    expect(mem.rows.get(2)?.lockedUntil ?? 0).toBeGreaterThan(Date.now());
+  });
+
+  it("keeps renewing while a graceful stop waits for work in flight", async () => {
+    processImpl = (rows) =>
+      new Promise((resolve) =>
+        setTimeout(
+          () => resolve(rows.map((r) => ({ id: r.id, kind: "success" as const }))),
+          15_000,
+        ),
+      );
+    mem.add(1);
+    const d = start();
+    d.wake("notify");
+    await settle();
+    const stopping = d.stop(20_000);
+    drainer = null;
+    await vi.advanceTimersByTimeAsync(12_000);
+    expect(mem.rows.get(1)?.lockedUntil ?? 0).toBeGreaterThan(Date.now());
+    await vi.advanceTimersByTimeAsync(4_000);
+    await stopping;
+    expect(done()).toBe(1);
   });
 
   it("a row an app holds locked is recorded later while the rest go on", async () => {

@@ -51,6 +51,7 @@ describe("order building", () => {
     ["2026-11-23T10:00:00"],
     ["2026-02-30T10:00:00Z"],
     ["2026-11-23T25:00:00Z"],
+    ["0999-05-31T16:07:02Z"],
     ["yesterday"],
   ])("refuses orderDate %s, naming the field", (value) => {
     const r = buildOrder(row({ ...payload, orderDate: value }));

@@ -168,6 +168,43 @@ describe("uploads in the field", () => {
     expect(check(await buildHealth(app), "uploads:credentials")?.status).toBe("pass");
   });
 
+  it("a ShipStation URL that answers 404 pauses uploads and fails no order", async () => {
+    const app = await startReactor({ databaseUrl: db.url, shipstationUrl: `${fake.url}/wrong` });
+    apps.push(app);
+    await insertOrders(db.pool, 5, { prefix: "nf" });
+    const health = await waitFor(
+      async () => {
+        const h = await buildHealth(app);
+        return check(h, "uploads:endpoint")?.status === "fail" ? h : null;
+      },
+      { what: "uploads:endpoint failing" },
+    );
+    expect(check(health, "uploads:endpoint")?.output).toMatch(
+      /HTTP 404 .*check SHIPSTATION_BASE_URL/,
+    );
+    const rows = await states();
+    expect(rows.every((r) => r.upload_state === "pending" && r.attempts === 0)).toBe(true);
+    expect(fake.calls.length).toBe(0); // the fake records createorders calls only
+  });
+
+  it("a spent rate budget holds claims instead of handing the backlog back again and again", async () => {
+    await setSetting(db.pool, "upload_rate_limit_per_minute", "2");
+    await setSetting(db.pool, "upload_batch_size", "1");
+    const app = await start();
+    await insertOrders(db.pool, 200, { prefix: "ch" });
+    await waitFor(async () => (await metricTotal(app.metrics.deferred)) > 0, {
+      what: "the first hand-back at the limit",
+    });
+    const polls = await metricTotal(app.metrics.safetyPolls);
+    await setSetting(db.pool, "poll_interval_seconds", "1");
+    await waitFor(async () => (await metricTotal(app.metrics.safetyPolls)) >= polls + 2, {
+      what: "two safety polls while the budget is spent",
+    });
+    expect(fake.calls).toHaveLength(2);
+    // One claim's worth at most was handed back, not the backlog once per poll.
+    expect(await metricTotal(app.metrics.claimed)).toBeLessThanOrEqual(2 + 4);
+  });
+
   it("upload_rate_limit_per_minute is one budget for all replicas", async () => {
     await setSetting(db.pool, "upload_rate_limit_per_minute", "6");
     await setSetting(db.pool, "upload_batch_size", "1");

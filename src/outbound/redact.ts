@@ -2,7 +2,9 @@
 // admin API): a target's error body may echo the request's Authorization header, or
 // the credentials themselves.
 
-const AUTH_VALUE = /(authorization["']?\s*[:=]\s*["']?)((?:basic|bearer)\s+)?[^\s"',;}]+/gi;
+// `Authorization: x`, `"authorization": "x"`, and the array form `"Authorization":["x"]`.
+const AUTH_VALUE =
+  /(authorization["']?\s*[:=]\s*\[?\s*["']?)((?:basic|bearer)\s+)?[^\s"',;}\]]+/gi;
 const REDACTED = "[redacted]";
 
 /**
@@ -19,7 +21,19 @@ export function redactSecrets(
     (_m, prefix: string, scheme?: string) => `${prefix}${scheme ?? ""}${REDACTED}`,
   );
   for (const secret of secrets) {
-    if (secret && secret.length >= 4) out = out.split(secret).join(REDACTED);
+    if (!secret || secret.length < 4) continue;
+    for (const form of spellings(secret)) out = out.split(form).join(REDACTED);
   }
   return out;
+}
+
+/**
+ * The ways a JSON encoder may write a secret back: as is, JSON-escaped, with `/`
+ * escaped, and with `+` (base64) as \u002B, as .NET's encoder does.
+ */
+function spellings(secret: string): string[] {
+  const json = JSON.stringify(secret).slice(1, -1);
+  const forms = [secret, json, json.replace(/\//g, "\\/")];
+  for (const f of [...forms]) forms.push(f.replace(/\+/g, "\\u002B"), f.replace(/\+/g, "\\u002b"));
+  return [...new Set(forms)];
 }

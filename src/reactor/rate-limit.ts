@@ -29,10 +29,11 @@ export interface RateLimiter {
 }
 
 export function makeSharedRateLimiter(pool: Pool, name: string): RateLimiter {
+  // The pause as this replica's clock sees it: the database says how long is left,
+  // so a skewed host clock cannot stretch or lose it.
   let pausedUntil = 0;
-  const seen = (until: Date | string | null) => {
-    const ms = until ? new Date(until).getTime() : 0;
-    if (ms > pausedUntil || ms === 0) pausedUntil = ms;
+  const seen = (remainingMs: number | null) => {
+    pausedUntil = remainingMs && remainingMs > 0 ? Date.now() + remainingMs : 0;
   };
   return {
     name,
@@ -42,16 +43,18 @@ export function makeSharedRateLimiter(pool: Pool, name: string): RateLimiter {
         [name, perMinute, WINDOW],
       );
       const row = rows[0];
-      seen(row?.paused_until ?? null);
+      // While paused, the wait is what is left of the pause.
+      seen(row?.paused_until ? row.wait_ms : null);
       return Math.ceil(row?.wait_ms ?? 0);
     },
     async pause(ms) {
       const clamped = Math.min(Math.max(MIN_PAUSE_MS, ms), MAX_PAUSE_MS);
-      const { rows } = await pool.query<{ until: Date }>(
-        "SELECT reactor_rate_pause($1, $2) AS until",
-        [name, new Date(Date.now() + clamped)],
+      const { rows } = await pool.query<{ remaining: number }>(
+        `SELECT extract(epoch FROM reactor_rate_pause($1, $2::double precision) - clock_timestamp())
+           * 1000 AS remaining`,
+        [name, clamped],
       );
-      seen(rows[0]?.until ?? null);
+      seen(Number(rows[0]?.remaining ?? 0));
       return pausedUntil;
     },
     pausedUntil: () => (pausedUntil > Date.now() ? pausedUntil : 0),

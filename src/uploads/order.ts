@@ -82,6 +82,7 @@ export function parseZonedDateTime(value: unknown): Date | string {
   const check = new Date(
     Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s ?? 0)),
   );
+  if (Number(y) < 1900) return `is not a plausible order date (got "${value.slice(0, 40)}")`;
   if (
     Number.isNaN(date.getTime()) ||
     check.getUTCFullYear() !== Number(y) ||

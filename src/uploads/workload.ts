@@ -132,18 +132,20 @@ export function makeUploadsWorkload(options: UploadsOptions): Workload<ClaimedOr
         if (res.rate.remaining === 0 && res.rate.resetMs !== null) {
           await pauseForReset(res.rate.resetMs, "X-Rate-Limit-Remaining is 0");
         }
-        const byKey = new Map(res.results.map((r) => [r.orderKey, r]));
+        // Results are matched by orderKey; by position only when none carries a key. A
+        // malformed entry (null, a string) counts as no result for its order.
+        const results = res.results.map((r) => (r && typeof r === "object" ? r : undefined));
+        const keyed = results.some((r) => r?.orderKey !== undefined);
+        const byKey = new Map(results.filter((r) => r).map((r) => [r?.orderKey, r]));
         return rows.map((row, i) => {
-          const result =
-            byKey.get(row.upload_key) ??
-            (res.results[i]?.orderKey === undefined ? res.results[i] : undefined);
+          const result = keyed ? byKey.get(row.upload_key) : results[i];
           if (!result)
             return retryOrFail(
               row,
               UPLOAD_RETRY_SCHEDULE_SECONDS,
               "ShipStation's response had no result for this order",
             );
-          if (result.success) {
+          if (result.success === true) {
             return {
               id: row.id,
               kind: "success",
