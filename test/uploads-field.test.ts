@@ -400,7 +400,9 @@ describe("uploads in the field", () => {
       { order_key: "poison", upload_state: "failed", attempts: 9 },
       { order_key: "survivor", upload_state: "uploaded", attempts: 4 },
     ]);
-    expect(rows[0]?.last_error).toMatch(/^abandoned: the lease expired 9 times/);
+    expect(rows[0]?.last_error).toMatch(
+      /^abandoned: attempt 9 of 9 did not finish \(its lease expired/,
+    );
     expect(fake.received.has("poison")).toBe(false);
     const failed = (await app.metrics.completed.get()).values.find(
       (v) => v.labels.workload === "uploads" && v.labels.outcome === "failed",

@@ -3,8 +3,7 @@
 // the credentials themselves.
 
 // `Authorization: x`, `"authorization": "x"`, and the array form `"Authorization":["x"]`.
-const AUTH_VALUE =
-  /(authorization["']?\s*[:=]\s*\[?\s*["']?)((?:basic|bearer)\s+)?[^\s"',;}\]]+/gi;
+const AUTH_VALUE = /(authorization["']?\s*[:=]\s*\[?\s*["']?)((?:basic|bearer)\s+)?[^\s"',;}\]]+/gi;
 const REDACTED = "[redacted]";
 
 /**

@@ -73,7 +73,7 @@ export function makeFinalizer<Row extends ClaimedRow>(options: FinalizerOptions<
         }
         drop(
           result.lost,
-          "rows were taken over by another reactor before their results were recorded",
+          "rows were deleted, or taken over by another reactor, before their results were recorded",
         );
         return;
       } catch (err) {

@@ -239,8 +239,8 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
         ELSE now() + make_interval(secs => $2::double precision) END,
       attempts = CASE WHEN p.dead THEN t.attempts ELSE t.attempts + 1 END,
       ${state} = CASE WHEN p.dead THEN ${failed} ELSE t.${state} END,
-      last_error = CASE WHEN p.dead THEN 'abandoned: the lease expired ' || t.attempts
-        || ' times (the process handling this row crashed or hung each time)'
+      last_error = CASE WHEN p.dead THEN 'abandoned: attempt ' || t.attempts || ' of '
+        || t.attempts || ' did not finish (its lease expired: the process handling it crashed or hung)'
         ELSE t.last_error END
     FROM picked p ${spec.claimFrom ?? ""}
     WHERE t.id = p.id AND (p.rn = 1 OR p.running <= $6) ${spec.claimWhere ?? ""}
