@@ -115,7 +115,8 @@ describe("the process", () => {
       const tables = await client.query(
         "SELECT count(*)::int AS n FROM pg_trigger WHERE tgrelid = 'orders_inbox'::regclass AND NOT tgisinternal",
       );
-      expect(tables.rows[0].n).toBe(3);
+      // Before insert (own keys), before update (re-queue), after insert and after update (NOTIFY).
+      expect(tables.rows[0].n).toBe(4);
       const migrations = await client.query(
         "SELECT count(*)::int AS n FROM drizzle.__drizzle_migrations",
       );

@@ -182,8 +182,14 @@ describe("uploads in the field", () => {
     expect(check(health, "uploads:endpoint")?.output).toMatch(
       /HTTP 404 .*check SHIPSTATION_BASE_URL/,
     );
-    const rows = await states();
-    expect(rows.every((r) => r.upload_state === "pending" && r.attempts === 0)).toBe(true);
+    // Handed back without using an attempt, once the refused call is recorded.
+    await waitFor(
+      async () =>
+        (await states()).every(
+          (r) => r.upload_state === "pending" && r.attempts === 0 && !r.last_error,
+        ),
+      { what: "every order pending, no attempt used" },
+    );
     expect(fake.calls.length).toBe(0); // the fake records createorders calls only
   });
 
