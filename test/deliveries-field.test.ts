@@ -15,18 +15,11 @@ import {
   createTestDatabase,
   insertOrders,
   setSetting,
+  subscribe,
   type TestDatabase,
   waitFor,
 } from "./helpers/db.js";
 import { startReactor } from "./helpers/reactor.js";
-
-async function subscribe(pool: pg.Pool, url: string, secret = newSecret()): Promise<number> {
-  const { rows } = await pool.query(
-    "INSERT INTO webhook_subscriptions (url, secret) VALUES ($1, $2) RETURNING id",
-    [url, secret],
-  );
-  return Number(rows[0].id);
-}
 
 async function emit(pool: pg.Pool, count: number, payload = '{"n": 1}'): Promise<void> {
   await pool.query(
@@ -121,7 +114,7 @@ describe("deliveries in the field", () => {
 
   it("a receiver's error body that echoes the subscription secret is stored redacted", async () => {
     const secret = newSecret();
-    await subscribe(db.pool, `${receiver.url}/echo`, secret);
+    await subscribe(db.pool, `${receiver.url}/echo`, { secret });
     receiver.script.push({ status: 500, body: `bad signature; expected secret ${secret}` });
     app = await startReactor({ databaseUrl: db.url });
     await emit(db.pool, 1);

@@ -5,32 +5,14 @@ import type { App } from "../src/app.js";
 import { applyRetention } from "../src/deliveries/maintenance.js";
 import { makeDeliveriesQueue } from "../src/deliveries/queue.js";
 import { newSecret, type Receiver, startReceiver } from "../src/demo/receiver.js";
-import { createTestDatabase, setSetting, type TestDatabase, waitFor } from "./helpers/db.js";
+import {
+  createTestDatabase,
+  setSetting,
+  subscribe,
+  type TestDatabase,
+  waitFor,
+} from "./helpers/db.js";
 import { startReactor, startReplicas } from "./helpers/reactor.js";
-
-async function subscribe(
-  pool: pg.Pool,
-  url: string,
-  options: {
-    eventTypes?: string[];
-    secret?: string;
-    previousSecret?: string | null;
-    enabled?: boolean;
-  } = {},
-): Promise<number> {
-  const { rows } = await pool.query(
-    `INSERT INTO webhook_subscriptions (url, secret, previous_secret, event_types, enabled)
-     VALUES ($1, $2, $3, $4, $5) RETURNING id`,
-    [
-      url,
-      options.secret ?? newSecret(),
-      options.previousSecret ?? null,
-      options.eventTypes ?? [],
-      options.enabled ?? true,
-    ],
-  );
-  return Number(rows[0].id);
-}
 
 async function emit(
   pool: pg.Pool | pg.PoolClient,

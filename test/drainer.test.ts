@@ -166,6 +166,13 @@ describe("drainer state machine", () => {
     return drainer;
   };
   const settle = () => vi.advanceTimersByTimeAsync(0);
+  /** A handler whose calls succeed after `ms` (of fake time). */
+  const succeedAfter =
+    (ms: number) =>
+    (rows: ClaimedRow[]): Promise<Outcome[]> =>
+      new Promise((resolve) =>
+        setTimeout(() => resolve(rows.map((r) => ({ id: r.id, kind: "success" as const }))), ms),
+      );
   const done = () => [...mem.rows.values()].filter((r) => r.state === "done").length;
 
   beforeEach(() => {
@@ -250,13 +257,7 @@ describe("drainer state machine", () => {
   });
 
   it("renews the leases of rows in flight longer than a lease", async () => {
-    processImpl = (rows) =>
-      new Promise((resolve) =>
-        setTimeout(
-          () => resolve(rows.map((r) => ({ id: r.id, kind: "success" as const }))),
-          20_000,
-        ),
-      );
+    processImpl = succeedAfter(20_000);
     mem.add(1);
     start().wake("notify");
     await settle();
@@ -271,13 +272,7 @@ describe("drainer state machine", () => {
 
   it("a lowered lease_seconds takes effect for rows claimed after it", async () => {
     lease = 120;
-    processImpl = (rows) =>
-      new Promise((resolve) =>
-        setTimeout(
-          () => resolve(rows.map((r) => ({ id: r.id, kind: "success" as const }))),
-          30_000,
-        ),
-      );
+    processImpl = succeedAfter(30_000);
     mem.add(1);
     const d = start();
     d.wake("notify");
@@ -294,13 +289,7 @@ describe("drainer state machine", () => {
   });
 
   it("keeps renewing while a graceful stop waits for work in flight", async () => {
-    processImpl = (rows) =>
-      new Promise((resolve) =>
-        setTimeout(
-          () => resolve(rows.map((r) => ({ id: r.id, kind: "success" as const }))),
-          15_000,
-        ),
-      );
+    processImpl = succeedAfter(15_000);
     mem.add(1);
     const d = start();
     d.wake("notify");
@@ -344,10 +333,7 @@ describe("drainer state machine", () => {
   });
 
   it("stop waits for the unit in flight, then releases what it still holds", async () => {
-    processImpl = (rows) =>
-      new Promise((resolve) =>
-        setTimeout(() => resolve(rows.map((r) => ({ id: r.id, kind: "success" as const }))), 1_000),
-      );
+    processImpl = succeedAfter(1_000);
     mem.add(2);
     const d = start();
     d.wake("notify");

@@ -3,6 +3,7 @@
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { inject } from "vitest";
+import { newSecret } from "../../src/demo/receiver.js";
 import { sampleOrderPayload } from "../../src/demo/sample-order.js";
 
 export interface TestDatabase {
@@ -118,4 +119,29 @@ export async function terminateListener(client: pg.Pool | pg.PoolClient, waitMs 
     [waitMs],
   );
   return rows as Array<{ ok: boolean }>;
+}
+
+/** Subscribes `url` to events (all types unless given), with a fresh secret unless given. */
+export async function subscribe(
+  pool: pg.Pool,
+  url: string,
+  options: {
+    eventTypes?: string[];
+    secret?: string;
+    previousSecret?: string | null;
+    enabled?: boolean;
+  } = {},
+): Promise<number> {
+  const { rows } = await pool.query(
+    `INSERT INTO webhook_subscriptions (url, secret, previous_secret, event_types, enabled)
+     VALUES ($1, $2, $3, $4, $5) RETURNING id`,
+    [
+      url,
+      options.secret ?? newSecret(),
+      options.previousSecret ?? null,
+      options.eventTypes ?? [],
+      options.enabled ?? true,
+    ],
+  );
+  return Number(rows[0].id);
 }
