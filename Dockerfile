@@ -21,6 +21,9 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production
+# In a container the status server must answer on the pod's address, not loopback:
+# probes and -p 8080:8080 reach it there.
+ENV HTTP_HOST=0.0.0.0
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist

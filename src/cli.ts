@@ -179,7 +179,11 @@ program
   .command("migrate")
   .description("apply migrations and trigger SQL to DATABASE_URL (or the embedded database)")
   .action(async () => {
-    const { url, embedded } = await resolveDatabase(loadEnv());
+    const env = loadEnv();
+    const { url: resolved, embedded } = await resolveDatabase(env);
+    // Over the direct connection when there is one: the advisory lock needs a session,
+    // which PgBouncer in transaction mode does not keep (as npm start does).
+    const url = env.listenDatabaseUrl ?? resolved;
     currentUrl = url;
     try {
       const { sqlApplied } = await migrate(url);

@@ -39,7 +39,11 @@ export function makeLogger(level: string, destination?: pino.DestinationStream):
     redact: { paths: REDACT_PATHS, censor: "[redacted]" },
     timestamp: pino.stdTimeFunctions.isoTime,
   };
-  return pino(options, destination ?? (process.stdout.isTTY ? prettyStdout() : undefined));
+  return pino(
+    options,
+    destination ??
+      (process.stdout.isTTY ? prettyStdout() : pino.destination({ dest: 1, sync: true })),
+  );
 }
 
 /**

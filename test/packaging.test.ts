@@ -66,6 +66,8 @@ describe("packaging", () => {
     expect(runtime).not.toMatch(/^COPY (--from=\S+ )?\S*src\b/m);
     expect(runtime).not.toMatch(/tsx|tsconfig/);
     expect(runtime).toMatch(/^USER node$/m);
+    // Probes and -p 8080:8080 reach the container's address, not its loopback.
+    expect(runtime).toMatch(/^ENV HTTP_HOST=0\.0\.0\.0$/m);
     expect(runtime).toMatch(/^HEALTHCHECK .*\n?.*\/health\/live/m);
     expect(JSON.parse(/^CMD (.*)$/m.exec(runtime)?.[1] ?? "")).toEqual(["node", "dist/main.js"]);
   });

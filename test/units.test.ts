@@ -347,3 +347,13 @@ describe("webhook client: Retry-After", () => {
     }
   });
 });
+
+describe("subscription input", () => {
+  it("refuses a URL with user:password@ (it would be stored and shown, and never sent)", async () => {
+    const { subscriptionInputProblem } = await import("../src/deliveries/subscriptions.js");
+    expect(subscriptionInputProblem({ url: "https://user:pw@hooks.example.com/h" })).toMatch(
+      /must not contain user:password@/,
+    );
+    expect(subscriptionInputProblem({ url: "https://hooks.example.com/h" })).toBeNull();
+  });
+});

@@ -1,4 +1,4 @@
-// Process-level settings from the environment (DESIGN.md §4). Runtime knobs live in
+// Process-level settings from the environment (docs/architecture.md §3). Runtime knobs live in
 // configuration_params instead; see src/reactor/settings-spec.ts.
 import { hostname } from "node:os";
 import ipaddr from "ipaddr.js";

@@ -49,6 +49,8 @@ export async function migrate(databaseUrl: string): Promise<MigrateResult> {
       await drizzleMigrate(drizzle(client), { migrationsFolder: MIGRATIONS_FOLDER });
       return { sqlApplied: await applySqlFiles(client) };
     } finally {
+      // Leave nothing behind on the session: a pooler may hand it to someone else.
+      await client.query("RESET lock_timeout");
       await client.query("SELECT pg_advisory_unlock($1)", [MIGRATE_LOCK_KEY]);
     }
   } finally {

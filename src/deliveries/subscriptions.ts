@@ -39,6 +39,9 @@ export function subscriptionInputProblem(input: SubscriptionPatch): string | nul
       return `url must be at most ${r.urlMaxLength} characters`;
     if (!urlRule.test(input.url) || !URL.canParse(input.url))
       return "url must be an http:// or https:// URL without spaces or control characters";
+    const parsed = new URL(input.url);
+    if (parsed.username || parsed.password)
+      return "url must not contain user:password@ (it would be stored and shown in plain text, and is never sent)";
   }
   if (input.event_types !== undefined) {
     if (input.event_types.length > r.eventTypesMax)

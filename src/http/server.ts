@@ -1,4 +1,4 @@
-// The status server (DESIGN.md §4 HTTP): probes, Prometheus metrics, a JSON status page
+// The status server (docs/architecture.md §3, HTTP): probes, Prometheus metrics, a JSON status page
 // and, when ADMIN_TOKEN is set, the admin API; in the reactor process.
 import Fastify, {
   type FastifyBaseLogger,

@@ -3,7 +3,11 @@
 // booleans and non-secret values.
 import type { App } from "../app.js";
 import { redactUrl } from "../logger.js";
+import { withTimeout } from "../reactor/backoff.js";
 import { VERSION } from "../version.js";
+
+/** The counts give up after this long: /status answers (without them) even on a silent database. */
+const COUNTS_TIMEOUT_MS = 2_000;
 
 /** Rows per state of each work table; queried only when someone asks for /status. */
 async function countsByState(app: App): Promise<Record<string, Record<string, number>>> {
@@ -17,7 +21,11 @@ export async function buildStatus(app: App) {
   let counts: Record<string, Record<string, number>> | null = null;
   let countsError: string | null = null;
   try {
-    counts = await countsByState(app);
+    counts = await withTimeout(
+      countsByState(app),
+      COUNTS_TIMEOUT_MS,
+      `no answer within ${COUNTS_TIMEOUT_MS} ms`,
+    );
   } catch (err) {
     countsError = `database unreachable: ${(err as Error).message}`;
   }

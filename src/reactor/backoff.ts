@@ -11,7 +11,8 @@ export function jitter(ms: number, ratio = 0.2): number {
  * With base 250 ms and cap 30 s: ~0.25, 0.5, 1, 2, 4, 8, 16, 30, 30 … seconds.
  */
 export function exponentialBackoff(attempt: number, baseMs: number, capMs: number): number {
-  return jitter(Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30)));
+  // The cap holds after jitter too: a documented "at most every 5 s" is never 5.7 s.
+  return Math.min(capMs, jitter(Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30))));
 }
 
 /**

@@ -1,4 +1,4 @@
-// The one LISTEN connection (DESIGN.md §5): pg-listen, with its dangerous defaults fixed.
+// The one LISTEN connection (docs/architecture.md §4): pg-listen, with its dangerous defaults fixed.
 // It retries forever with capped backoff, verifies pg_listening_channels() on a timer,
 // reports every (re)connect so the reactor can catch up, and stops for good on close().
 import pg from "pg";
@@ -140,7 +140,8 @@ export function makeListener(options: ListenerOptions): Listener {
         // A server that accepts TCP and never answers is an error in seconds, not a hang.
         connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
         // LISTEN, UNLISTEN and the channel check are instant; anything slower is a dead link.
-        statement_timeout: QUERY_TIMEOUT_MS,
+        // Client-side only: PgBouncer (session mode) refuses a statement_timeout startup
+        // parameter.
         query_timeout: QUERY_TIMEOUT_MS,
       },
       {

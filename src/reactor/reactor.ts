@@ -119,21 +119,33 @@ export function makeReactor(options: ReactorOptions): Reactor {
   return {
     async start() {
       await settings.reload();
-      // The first connect can fail (database still starting); retry until it works.
-      for (let attempt = 0; ; attempt++) {
-        try {
-          await listener.start();
-          break;
-        } catch (err) {
-          await listener.close();
-          if (stopping) return;
-          const delay = exponentialBackoff(attempt, 250, 10_000);
-          log.warn({ err: (err as Error).message, retryInMs: delay }, "LISTEN connection failed");
-          await sleep(delay);
-          listener = newListener();
-        }
-      }
+      // The safety poll runs whatever LISTEN does: work flows (slowly) even when the LISTEN
+      // connection cannot be made, and /health says the listener is down.
       poll.start();
+      try {
+        await listener.start();
+      } catch (first) {
+        let err = first;
+        // Keep trying in the background (a pooler that refuses LISTEN, a server still
+        // starting); the reactor runs meanwhile.
+        void (async () => {
+          for (let attempt = 0; !stopping; attempt++) {
+            await listener.close();
+            const delay = exponentialBackoff(attempt, 250, 10_000);
+            log.warn({ err: (err as Error).message, retryInMs: delay }, "LISTEN connection failed");
+            await sleep(delay);
+            if (stopping) return;
+            listener = newListener();
+            try {
+              await listener.start();
+              return;
+            } catch (next) {
+              err = next;
+            }
+          }
+        })();
+        void poll.pollNow().catch(() => undefined);
+      }
     },
     async stop(graceMs) {
       stopping = true;
