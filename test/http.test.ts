@@ -12,7 +12,6 @@ import { serverUrl, startStatusServer } from "../src/http/server.js";
 import {
   createTestDatabase,
   insertOrders,
-  setSetting,
   type TestDatabase,
   validPayload,
   waitFor,
@@ -48,7 +47,6 @@ describe("status server", () => {
     db = await createTestDatabase();
     fake = await startFakeShipStation();
     receiver = await startReceiver();
-    await setSetting(db.pool, "upload_rate_limit_per_minute", "100000");
     app = await startReactor({
       databaseUrl: db.url,
       shipstationUrl: fake.url,
@@ -151,7 +149,7 @@ describe("status server", () => {
     const body = await (await fetch(`${base}/status`)).json();
     expect(body.settings.poll_interval_seconds).toBe(30);
     expect(body.settings.uploads_enabled).toBe(true);
-    expect(body.settings.upload_rate_limit_per_minute).toBe(100000);
+    expect(body.settings.upload_rate_limit_per_minute).toBe(40);
     expect(body.listener.connected).toBe(true);
     expect(body.workloads.uploads).toMatchObject({
       enabled: true,

@@ -30,7 +30,6 @@ describe("fault: bad-input corpus", () => {
     db = await createTestDatabase();
     fake = await startFakeShipStation();
     receiver = await startReceiver();
-    await setSetting(db.pool, "upload_rate_limit_per_minute", "100000");
     await setSetting(db.pool, "poll_interval_seconds", "3600");
     app = await startReactor({
       databaseUrl: db.url,

@@ -24,6 +24,8 @@ describe("fault: database restart mid-burst", () => {
     fake.defaultResponse = { delayMs: 50 };
     const setup = new pg.Client({ connectionString: server.url });
     await setup.connect();
+    // About a database restart, not the rate limit (uploads-field.test.ts covers the real
+    // 40 a minute): the batches of 20 would take minutes at 40 calls a minute.
     await setup.query(
       `INSERT INTO configuration_params (category, parameter_name, value) VALUES
        ('reactor', 'upload_rate_limit_per_minute', '100000'), ('reactor', 'upload_batch_size', '20'),

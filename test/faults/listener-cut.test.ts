@@ -27,6 +27,8 @@ describe("fault: listener cut", () => {
   beforeAll(async () => {
     db = await createTestDatabase();
     fake = await startFakeShipStation();
+    // About listener cuts, not the rate limit (uploads-field.test.ts covers the real 40 a
+    // minute): every streamed single-row insert is a call of its own.
     await setSetting(db.pool, "upload_rate_limit_per_minute", "100000");
     await setSetting(db.pool, "poll_interval_seconds", "3600");
     app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });

@@ -17,6 +17,8 @@ describe("fault: replica crash", () => {
     const db = await createTestDatabase();
     const fake = await startFakeShipStation();
     fake.defaultResponse = { delayMs: 40 };
+    // About crashed replicas, not the rate limit (uploads-field.test.ts covers the real 40
+    // a minute): thousands of orders at 40 calls a minute would take minutes.
     await setSetting(db.pool, "upload_rate_limit_per_minute", "100000");
     await setSetting(db.pool, "upload_batch_size", String(BATCH));
     await setSetting(db.pool, "upload_concurrency", String(CONCURRENCY));
