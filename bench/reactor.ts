@@ -10,7 +10,7 @@ import { makeMetrics } from "../src/metrics.js";
 import { makeReactor } from "../src/reactor/reactor.js";
 import { makeLiveSettings } from "../src/reactor/settings.js";
 import type { Workload } from "../src/reactor/workload.js";
-import { makeOrdersQueue } from "../src/uploads/queue.js";
+import { makeOrdersQueue } from "../src/workloads/uploads/queue.js";
 import { startReactor, startReplicas } from "../test/helpers/reactor.js";
 import { freshDatabase, idlePerHour, type Summary, summary, until } from "./lib.js";
 

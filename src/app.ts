@@ -4,20 +4,20 @@
 import { randomBytes } from "node:crypto";
 import type { Env } from "./config/env.js";
 import { makePool, type Pool } from "./db/pool.js";
-import { makeDeliveriesQueue } from "./deliveries/queue.js";
-import { makeAddressPolicy } from "./deliveries/ssrf.js";
-import { makeDeliveriesWorkload } from "./deliveries/workload.js";
 import type { Logger } from "./logger.js";
 import { type Metrics, makeMetrics } from "./metrics.js";
 import { makeAgent } from "./outbound/http.js";
+import { makeShipStationClient } from "./outbound/shipstation-client.js";
+import { makeAddressPolicy } from "./outbound/ssrf.js";
 import type { DrainerEvent } from "./reactor/drainer.js";
 import { makeSharedRateLimiter } from "./reactor/rate-limit.js";
 import { makeReactor, type Reactor } from "./reactor/reactor.js";
 import { type LiveSettings, makeLiveSettings } from "./reactor/settings.js";
-import { makeOrdersQueue } from "./uploads/queue.js";
-import { makeShipStationClient } from "./uploads/shipstation-client.js";
-import { makeUploadsWorkload } from "./uploads/workload.js";
 import { USER_AGENT } from "./version.js";
+import { makeDeliveriesQueue } from "./workloads/deliveries/queue.js";
+import { makeDeliveriesWorkload } from "./workloads/deliveries/workload.js";
+import { makeOrdersQueue } from "./workloads/uploads/queue.js";
+import { makeUploadsWorkload } from "./workloads/uploads/workload.js";
 
 export interface App {
   env: Env;

@@ -14,14 +14,8 @@ import {
 } from "./db/connect.js";
 import { migrate } from "./db/migrate.js";
 import type { Pool } from "./db/pool.js";
-import { makeDeliveriesQueue } from "./deliveries/queue.js";
-import { makeAddressPolicy, PrivateAddressError } from "./deliveries/ssrf.js";
-import {
-  makeSubscriptions,
-  SubscriptionInputError,
-  subscriptionInputProblem,
-} from "./deliveries/subscriptions.js";
 import { redactUrl } from "./logger.js";
+import { makeAddressPolicy, PrivateAddressError } from "./outbound/ssrf.js";
 import { makeFailedRows, retryOneRefusal } from "./reactor/failed-rows.js";
 import { SETTINGS_ROWS_SQL } from "./reactor/settings.js";
 import {
@@ -30,8 +24,14 @@ import {
   parseSettingRows,
   type SettingRow,
 } from "./reactor/settings-spec.js";
-import { makeOrdersQueue } from "./uploads/queue.js";
 import { VERSION } from "./version.js";
+import { makeDeliveriesQueue } from "./workloads/deliveries/queue.js";
+import {
+  makeSubscriptions,
+  SubscriptionInputError,
+  subscriptionInputProblem,
+} from "./workloads/deliveries/subscriptions.js";
+import { makeOrdersQueue } from "./workloads/uploads/queue.js";
 
 /** A statement gets this long unless --statement-timeout says otherwise. */
 const DEFAULT_STATEMENT_TIMEOUT_SECONDS = 30;

@@ -4,13 +4,13 @@
 import type pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
-import { makeDeliveriesQueue } from "../src/deliveries/queue.js";
 import { newSecret, type Receiver, startReceiver } from "../src/demo/receiver.js";
 import { makeLogger } from "../src/logger.js";
 import { makeMetrics } from "../src/metrics.js";
 import { makeDrainer } from "../src/reactor/drainer.js";
 import type { Workload } from "../src/reactor/workload.js";
-import { makeOrdersQueue } from "../src/uploads/queue.js";
+import { makeDeliveriesQueue } from "../src/workloads/deliveries/queue.js";
+import { makeOrdersQueue } from "../src/workloads/uploads/queue.js";
 import {
   createTestDatabase,
   insertOrders,

@@ -2,9 +2,9 @@ import pg from "pg";
 import { Webhook } from "standardwebhooks";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
-import { applyRetention } from "../src/deliveries/maintenance.js";
-import { makeDeliveriesQueue } from "../src/deliveries/queue.js";
 import { newSecret, type Receiver, startReceiver } from "../src/demo/receiver.js";
+import { applyRetention } from "../src/workloads/deliveries/maintenance.js";
+import { makeDeliveriesQueue } from "../src/workloads/deliveries/queue.js";
 import {
   createTestDatabase,
   setSetting,

@@ -5,7 +5,7 @@ import {
   type OrderRow,
   parseZonedDateTime,
   toShipStationDate,
-} from "../src/uploads/order.js";
+} from "../src/workloads/uploads/order.js";
 
 const base: Omit<OrderRow, "payload" | "payload_bytes"> = {
   id: 7,

@@ -8,7 +8,7 @@ import { makePool, type Pool } from "../src/db/pool.js";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { serverUrl, startStatusServer } from "../src/http/server.js";
 import { makeLogger } from "../src/logger.js";
-import { makeOrdersQueue } from "../src/uploads/queue.js";
+import { makeOrdersQueue } from "../src/workloads/uploads/queue.js";
 import { createTestDatabase, insertOrders, type TestDatabase, waitFor } from "./helpers/db.js";
 import {
   PGBOUNCER_POOL_SIZE,

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
-import { makeOrdersQueue } from "../src/uploads/queue.js";
+import { makeOrdersQueue } from "../src/workloads/uploads/queue.js";
 import {
   createTestDatabase,
   insertOrders,

@@ -2,10 +2,9 @@
 // the webhook client's reading of Retry-After (against a real receiver on loopback).
 import { describe, expect, it } from "vitest";
 import { EnvError, loadEnv } from "../src/config/env.js";
-import { makeAddressPolicy } from "../src/deliveries/ssrf.js";
-import { sendWebhook } from "../src/deliveries/webhook-client.js";
 import { startReceiver } from "../src/demo/receiver.js";
 import { makeAgent } from "../src/outbound/http.js";
+import { makeAddressPolicy } from "../src/outbound/ssrf.js";
 import { scheduledDelayMs } from "../src/reactor/backoff.js";
 import { parsePayload } from "../src/reactor/listener.js";
 import {
@@ -13,6 +12,7 @@ import {
   parseSetting,
   STANDARD_WEBHOOKS_SCHEDULE,
 } from "../src/reactor/settings-spec.js";
+import { sendWebhook } from "../src/workloads/deliveries/webhook-client.js";
 
 describe("environment", () => {
   it("has safe defaults", () => {
@@ -350,7 +350,9 @@ describe("webhook client: Retry-After", () => {
 
 describe("subscription input", () => {
   it("refuses a URL with user:password@ (it would be stored and shown, and never sent)", async () => {
-    const { subscriptionInputProblem } = await import("../src/deliveries/subscriptions.js");
+    const { subscriptionInputProblem } = await import(
+      "../src/workloads/deliveries/subscriptions.js"
+    );
     expect(subscriptionInputProblem({ url: "https://user:pw@hooks.example.com/h" })).toMatch(
       /must not contain user:password@/,
     );

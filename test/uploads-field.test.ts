@@ -9,7 +9,7 @@ import { buildHealth } from "../src/http/health.js";
 import { buildStatus } from "../src/http/status.js";
 import type { DrainerEvent } from "../src/reactor/drainer.js";
 import { CLAIM_MAX_BYTES } from "../src/reactor/lease-queue.js";
-import { makeOrdersQueue } from "../src/uploads/queue.js";
+import { makeOrdersQueue } from "../src/workloads/uploads/queue.js";
 import {
   createTestDatabase,
   insertOrders,

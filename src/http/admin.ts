@@ -3,11 +3,11 @@
 // a JSON schema, so a bad request is a 400 that names the field.
 import type { FastifyInstance, FastifyReply, FastifySchemaValidationError } from "fastify";
 import type { App } from "../app.js";
-import { makeDeliveriesQueue } from "../deliveries/queue.js";
-import { makeAddressPolicy, PrivateAddressError } from "../deliveries/ssrf.js";
-import { makeSubscriptions, SUBSCRIPTION_RULES } from "../deliveries/subscriptions.js";
+import { makeAddressPolicy, PrivateAddressError } from "../outbound/ssrf.js";
 import { type FailedFilter, makeFailedRows, retryOneRefusal } from "../reactor/failed-rows.js";
-import { makeOrdersQueue } from "../uploads/queue.js";
+import { makeDeliveriesQueue } from "../workloads/deliveries/queue.js";
+import { makeSubscriptions, SUBSCRIPTION_RULES } from "../workloads/deliveries/subscriptions.js";
+import { makeOrdersQueue } from "../workloads/uploads/queue.js";
 import { makeBearerCheck } from "./auth.js";
 
 /**

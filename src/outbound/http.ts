@@ -9,7 +9,7 @@ const CONNECT_TIMEOUT_MS = 10_000;
 /**
  * What an agent checks on every connection it opens: `lookup` judges the addresses a
  * name resolves to; `assertHost` judges an IP literal, which Node dials without a
- * lookup. The SSRF guard (deliveries/ssrf.ts) is one.
+ * lookup. The SSRF guard (outbound/ssrf.ts) is one.
  */
 export interface ConnectGuard {
   /** No checks at all (then the agent dials like any other). */

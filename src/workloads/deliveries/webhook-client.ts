@@ -3,8 +3,8 @@
 // dialled (the agent's guard, see makeAgent).
 import type { Agent } from "undici";
 import { request } from "undici";
-import { describeNetworkError, parseRetryAfter, readTextCapped } from "../outbound/http.js";
-import { type AddressPolicy, PrivateAddressError } from "./ssrf.js";
+import { describeNetworkError, parseRetryAfter, readTextCapped } from "../../outbound/http.js";
+import { type AddressPolicy, PrivateAddressError } from "../../outbound/ssrf.js";
 
 /**
  * The statuses whose Retry-After is honoured: 429 (slow down) and the gateway answers

@@ -4,7 +4,7 @@
 // SubscriptionInputError in words, never as PostgreSQL's text.
 import { randomBytes } from "node:crypto";
 import pg from "pg";
-import type { Pool } from "../db/pool.js";
+import type { Pool } from "../../db/pool.js";
 
 /**
  * The input rules, as JSON-schema patterns (the admin API's schemas use them) and as the

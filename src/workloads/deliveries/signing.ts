@@ -1,7 +1,7 @@
 // Builds the exact bytes and Standard Webhooks headers of one delivery attempt. The
 // body is serialised once and those bytes are both signed and sent.
 import { Webhook } from "standardwebhooks";
-import { USER_AGENT } from "../version.js";
+import { USER_AGENT } from "../../version.js";
 
 export interface EventForDelivery {
   eventId: string;

@@ -1,7 +1,7 @@
 // webhook_deliveries as a lease queue. The claim joins the event and the subscription,
 // so a claimed row carries everything needed to send it.
-import type { Pool } from "../db/pool.js";
-import { type ClaimedRow, makeLeaseQueue } from "../reactor/lease-queue.js";
+import type { Pool } from "../../db/pool.js";
+import { type ClaimedRow, makeLeaseQueue } from "../../reactor/lease-queue.js";
 
 export const DELIVERIES_CHANNEL = "reactor_deliveries";
 /** Largest event payload sent; a larger event fails with a clear error, unread. */

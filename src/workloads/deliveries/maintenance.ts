@@ -1,7 +1,7 @@
 // Deliveries housekeeping run from the safety poll: the effects of a 410 Gone, and
 // retention (final rows and fully delivered events older than retention_days), deleted
 // in bounded batches so no statement holds locks for long.
-import type { Pool } from "../db/pool.js";
+import type { Pool } from "../../db/pool.js";
 
 /** Rows deleted per statement; a full batch means more remain and the next poll continues. */
 export const RETENTION_BATCH = 1000;

@@ -2,17 +2,17 @@
 // unit → each result mapped back to its row. The rate limit is one budget shared by every
 // replica; a 4xx for a whole call is split until the order ShipStation refuses is alone;
 // rejected credentials pause uploads and are tried again with a back-off.
-import type { Logger } from "../logger.js";
-import type { Metrics } from "../metrics.js";
-import { statusClass } from "../outbound/http.js";
-import { exponentialBackoff, sleep } from "../reactor/backoff.js";
-import { type LeaseQueue, type Outcome, retryOrFail } from "../reactor/lease-queue.js";
-import { MAX_PAUSE_MS, type RateLimiter } from "../reactor/rate-limit.js";
-import type { Settings } from "../reactor/settings-spec.js";
-import type { Workload, WorkloadCheck } from "../reactor/workload.js";
+import type { Logger } from "../../logger.js";
+import type { Metrics } from "../../metrics.js";
+import { statusClass } from "../../outbound/http.js";
+import type { ShipStationClient } from "../../outbound/shipstation-client.js";
+import { exponentialBackoff, sleep } from "../../reactor/backoff.js";
+import { type LeaseQueue, type Outcome, retryOrFail } from "../../reactor/lease-queue.js";
+import { MAX_PAUSE_MS, type RateLimiter } from "../../reactor/rate-limit.js";
+import type { Settings } from "../../reactor/settings-spec.js";
+import type { Workload, WorkloadCheck } from "../../reactor/workload.js";
 import { buildOrder } from "./order.js";
 import { type ClaimedOrder, ORDERS_CHANNEL } from "./queue.js";
-import type { ShipStationClient } from "./shipstation-client.js";
 
 /**
  * Waits after failed attempt 1, 2, …: 5 s, 15 s, 1 min, 5 min, 15 min, 30 min, 1 h, 2 h

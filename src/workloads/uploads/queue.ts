@@ -1,6 +1,6 @@
 // orders_inbox as a lease queue: how the generic claim/finalize SQL spells this table.
-import type { Pool } from "../db/pool.js";
-import { type ClaimedRow, makeLeaseQueue } from "../reactor/lease-queue.js";
+import type { Pool } from "../../db/pool.js";
+import { type ClaimedRow, makeLeaseQueue } from "../../reactor/lease-queue.js";
 import { ORDER_MAX_BYTES, type OrderRow } from "./order.js";
 
 export const ORDERS_CHANNEL = "reactor_orders";

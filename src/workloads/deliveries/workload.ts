@@ -3,19 +3,19 @@
 // endpoint is gone. Concurrency is bounded overall and shared fairly between endpoints
 // (see endpointCaps), so slow endpoints, however many, cannot starve the others.
 import type { Agent } from "undici";
-import type { Pool } from "../db/pool.js";
-import type { Logger } from "../logger.js";
-import type { Metrics } from "../metrics.js";
-import { statusClass } from "../outbound/http.js";
-import { redactSecrets } from "../outbound/redact.js";
-import { scheduledDelayMs } from "../reactor/backoff.js";
-import { type LeaseQueue, type Outcome, retryOrFail } from "../reactor/lease-queue.js";
-import type { Settings } from "../reactor/settings-spec.js";
-import type { Workload } from "../reactor/workload.js";
+import type { Pool } from "../../db/pool.js";
+import type { Logger } from "../../logger.js";
+import type { Metrics } from "../../metrics.js";
+import { statusClass } from "../../outbound/http.js";
+import { redactSecrets } from "../../outbound/redact.js";
+import type { AddressPolicy } from "../../outbound/ssrf.js";
+import { scheduledDelayMs } from "../../reactor/backoff.js";
+import { type LeaseQueue, type Outcome, retryOrFail } from "../../reactor/lease-queue.js";
+import type { Settings } from "../../reactor/settings-spec.js";
+import type { Workload } from "../../reactor/workload.js";
 import { applyRetention, disableGoneSubscription, RETENTION_BATCH } from "./maintenance.js";
 import { type ClaimedDelivery, DELIVERIES_CHANNEL, MAX_WEBHOOK_BODY_BYTES } from "./queue.js";
 import { deliveryBody, signedHeaders } from "./signing.js";
-import type { AddressPolicy } from "./ssrf.js";
 import { sendWebhook } from "./webhook-client.js";
 
 /** Retry-After is honoured within this range; outside it is clamped. */
