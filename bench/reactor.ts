@@ -10,6 +10,7 @@ import { makeMetrics } from "../src/metrics.js";
 import { makeReactor } from "../src/reactor/reactor.js";
 import { makeLiveSettings } from "../src/reactor/settings.js";
 import type { Workload } from "../src/reactor/workload.js";
+import { SETTINGS } from "../src/workloads/index.js";
 import { makeOrdersQueue } from "../src/workloads/uploads/queue.js";
 import { startReactor, startReplicas } from "../test/helpers/reactor.js";
 import { freshDatabase, idlePerHour, type Summary, summary, until } from "./lib.js";
@@ -117,7 +118,7 @@ async function startNoopReactor(url: string, name: string, onDone: (n: number) =
   const logger = makeLogger("silent");
   const metrics = makeMetrics();
   const pool = new pg.Pool({ connectionString: url, max: 10, application_name: "pg-reactor" });
-  const settings = makeLiveSettings(pool, logger, metrics);
+  const settings = makeLiveSettings(pool, SETTINGS, logger, metrics);
   const workload: Workload = {
     name: "uploads",
     channel: "reactor_orders",

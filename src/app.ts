@@ -7,25 +7,33 @@ import { makePool, type Pool } from "./db/pool.js";
 import type { Logger } from "./logger.js";
 import { type Metrics, makeMetrics } from "./metrics.js";
 import { makeAgent } from "./outbound/http.js";
+import { makeShipStationAccount } from "./outbound/shipstation-account.js";
 import { makeShipStationClient } from "./outbound/shipstation-client.js";
 import { makeAddressPolicy } from "./outbound/ssrf.js";
 import type { DrainerEvent } from "./reactor/drainer.js";
+import { makePeriodicJobs } from "./reactor/periodic.js";
 import { makeSharedRateLimiter } from "./reactor/rate-limit.js";
 import { makeReactor, type Reactor } from "./reactor/reactor.js";
 import { type LiveSettings, makeLiveSettings } from "./reactor/settings.js";
 import { USER_AGENT } from "./version.js";
-import { makeDeliveriesQueue } from "./workloads/deliveries/queue.js";
-import { makeDeliveriesWorkload } from "./workloads/deliveries/workload.js";
-import { makeOrdersQueue } from "./workloads/uploads/queue.js";
-import { makeUploadsWorkload } from "./workloads/uploads/workload.js";
+import { SETTINGS, type Settings, WORKLOADS } from "./workloads/index.js";
+import type { WorkloadInstance, WorkloadModule } from "./workloads/module.js";
+
+/** A workload module and what it built for this process. */
+export interface RunningModule {
+  module: WorkloadModule;
+  instance: WorkloadInstance;
+}
 
 export interface App {
   env: Env;
   logger: Logger;
   pool: Pool;
-  settings: LiveSettings;
+  settings: LiveSettings<Settings>;
   metrics: Metrics;
   reactor: Reactor;
+  /** Every workload of WORKLOADS, as built for this process. */
+  modules: readonly RunningModule[];
   owner: string;
   startedAt: Date;
   start(): Promise<void>;
@@ -47,7 +55,7 @@ export function makeApp(options: AppOptions): App {
   const { env, logger } = options;
   const metrics = makeMetrics();
   const pool = makePool(options.databaseUrl, logger);
-  const settings = makeLiveSettings(pool, logger, metrics);
+  const settings = makeLiveSettings(pool, SETTINGS, logger, metrics);
   settings.onChange((changes) => {
     const level = changes.find((c) => c.name === "log_level");
     if (level) logger.level = String(level.to);
@@ -55,44 +63,49 @@ export function makeApp(options: AppOptions): App {
   // Unique per process even if two replicas are given the same INSTANCE_ID by mistake.
   const owner = `${env.instanceId}/${randomBytes(3).toString("hex")}`;
   const { apiKey, apiSecret, baseUrl } = env.shipstation;
-  const shipstation =
-    apiKey && apiSecret
-      ? makeShipStationClient({
-          baseUrl,
-          apiKey,
-          apiSecret,
-          agent: makeAgent({ connections: 16 }),
-          userAgent: USER_AGENT,
-        })
-      : null;
-  const uploads = makeUploadsWorkload({
-    queue: makeOrdersQueue(pool),
-    settings: settings.current,
-    client: shipstation,
+  const shipstation = makeShipStationAccount({
+    client:
+      apiKey && apiSecret
+        ? makeShipStationClient({
+            baseUrl,
+            apiKey,
+            apiSecret,
+            agent: makeAgent({ connections: 16 }),
+            userAgent: USER_AGENT,
+          })
+        : null,
     // ShipStation's limit belongs to the key pair: one budget for every replica using it.
     limiter: makeSharedRateLimiter(pool, "shipstation"),
+    perMinute: () => settings.current.upload_rate_limit_per_minute,
     logger,
     metrics,
   });
-  // One SSRF policy for the pre-check and the connect step.
-  const addressPolicy = makeAddressPolicy(env);
-  const deliveries = makeDeliveriesWorkload({
-    pool,
-    queue: makeDeliveriesQueue(pool),
-    settings: settings.current,
-    // The SSRF guard checks the address actually dialled, so DNS rebinding cannot reach a
-    // private network; WEBHOOK_ALLOWED_NETWORKS widens it, ..._ALLOW_PRIVATE_NETWORKS lifts it.
-    agent: makeAgent({ connections: 64, guard: addressPolicy }),
-    addressPolicy,
+  const directDatabaseUrl = env.listenDatabaseUrl ?? options.databaseUrl;
+  const modules: RunningModule[] = WORKLOADS.map((module) => ({
+    module,
+    instance: module.create({
+      env,
+      pool,
+      settings: settings.current,
+      logger,
+      metrics,
+      owner,
+      shipstation,
+      // One SSRF policy for the pre-check and the connect step.
+      addressPolicy: makeAddressPolicy(env),
+      directDatabaseUrl,
+    }),
+  }));
+  const jobs = makePeriodicJobs(
+    modules.flatMap((m) => m.instance.jobs ?? []),
     logger,
-    metrics,
-  });
+  );
   const reactor = makeReactor({
     pool,
-    listenUrl: env.listenDatabaseUrl ?? options.databaseUrl,
+    listenUrl: directDatabaseUrl,
     owner,
     settings,
-    workloads: [uploads, deliveries],
+    workloads: modules.map((m) => m.instance.workload),
     logger,
     metrics,
     listenerCheckIntervalMs: options.listenerCheckIntervalMs,
@@ -105,19 +118,23 @@ export function makeApp(options: AppOptions): App {
     settings,
     metrics,
     reactor,
+    modules,
     owner,
     startedAt: new Date(),
     async start() {
-      if (!shipstation) {
+      if (!shipstation.client) {
         logger.warn(
-          "SHIPSTATION_API_KEY and SHIPSTATION_API_SECRET are not set: uploads are PAUSED and orders wait as pending",
+          "SHIPSTATION_API_KEY and SHIPSTATION_API_SECRET are not set: ShipStation calls are PAUSED (orders wait as pending, shipments are not fetched)",
         );
       }
       // Settings are loaded before this returns; the start catch-up drains whatever is due
       // and its stats arm the timers for what is due later.
       await reactor.start();
+      jobs.start();
+      for (const { instance } of modules) void instance.afterStart?.();
     },
     async stop(graceMs = SHUTDOWN_GRACE_MS) {
+      await jobs.stop();
       await reactor.stop(graceMs);
       await pool.end();
     },

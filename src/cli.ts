@@ -15,7 +15,7 @@ import {
 import { migrate } from "./db/migrate.js";
 import type { Pool } from "./db/pool.js";
 import { redactUrl } from "./logger.js";
-import { makeAddressPolicy, PrivateAddressError } from "./outbound/ssrf.js";
+import { PrivateAddressError } from "./outbound/ssrf.js";
 import { makeFailedRows, retryOneRefusal } from "./reactor/failed-rows.js";
 import { SETTINGS_ROWS_SQL } from "./reactor/settings.js";
 import {
@@ -25,13 +25,8 @@ import {
   type SettingRow,
 } from "./reactor/settings-spec.js";
 import { VERSION } from "./version.js";
-import { makeDeliveriesQueue } from "./workloads/deliveries/queue.js";
-import {
-  makeSubscriptions,
-  SubscriptionInputError,
-  subscriptionInputProblem,
-} from "./workloads/deliveries/subscriptions.js";
-import { makeOrdersQueue } from "./workloads/uploads/queue.js";
+import { SETTINGS, WORKLOADS } from "./workloads/index.js";
+import type { CliKit } from "./workloads/module.js";
 
 /** A statement gets this long unless --statement-timeout says otherwise. */
 const DEFAULT_STATEMENT_TIMEOUT_SECONDS = 30;
@@ -108,12 +103,7 @@ async function withPool<T>(fn: (pool: Pool, env: Env) => Promise<T>): Promise<T>
 
 /** Any failure as one line a person can act on: no stack, no PostgreSQL internals. */
 export function explain(err: unknown, url: string | null): string {
-  if (
-    err instanceof CliError ||
-    err instanceof EnvError ||
-    err instanceof SubscriptionInputError ||
-    err instanceof PrivateAddressError
-  )
+  if (err instanceof CliError || err instanceof EnvError || err instanceof PrivateAddressError)
     return err.message;
   if (err instanceof pg.DatabaseError) {
     // undefined_table, invalid_schema_name: the tables are not there yet.
@@ -143,22 +133,22 @@ export function explain(err: unknown, url: string | null): string {
 }
 
 export async function status(pool: Pool) {
+  const queues = WORKLOADS.map((m) => [m.name, m.queue(pool)] as const);
   const leases = await pool.query(
     `SELECT locked_by, count(*)::int AS n FROM (
-       SELECT locked_by FROM orders_inbox WHERE locked_until > now()
-       UNION ALL SELECT locked_by FROM webhook_deliveries WHERE locked_until > now()) x GROUP BY locked_by`,
+       ${queues.map(([, q]) => `SELECT locked_by FROM ${q.spec.table} WHERE locked_until > now()`).join("\n       UNION ALL ")}
+     ) x GROUP BY locked_by`,
   );
   const listeners = await pool.query(
     `SELECT count(*)::int AS n FROM pg_stat_activity
      WHERE application_name = 'pg-reactor listener' AND datname = current_database()`,
   );
   const rows = await pool.query<SettingRow>(SETTINGS_ROWS_SQL);
-  const parsed = parseSettingRows(rows.rows);
-  const settings = { ...defaultSettings(), ...parsed.values };
+  const parsed = parseSettingRows(SETTINGS, rows.rows);
+  const settings = { ...defaultSettings(SETTINGS), ...parsed.values };
   const invalid = parsed.problems.map((p) => p.message);
-  const queues = { uploads: makeOrdersQueue(pool), deliveries: makeDeliveriesQueue(pool) };
   const workloads: Record<string, Record<string, unknown>> = {};
-  for (const [name, queue] of Object.entries(queues)) {
+  for (const [name, queue] of queues) {
     const stats = await queue.stats();
     workloads[name] = {
       ...(await queue.countsByState()),
@@ -200,14 +190,14 @@ program
   .description("backlog, failures, leases and settings, straight from the database")
   .action(() => withPool(async (pool) => print(await status(pool))));
 
+const rowNames = WORKLOADS.map((m) => m.rows);
 program
   .command("retry")
   .description(
     "put failed rows back to pending (the reactors pick them up at once); say which: --id, --error-contains or --all",
   )
-  .requiredOption("--failed <workload>", "orders or deliveries", (v) => {
-    if (v !== "orders" && v !== "deliveries")
-      throw new InvalidArgumentError("expected orders or deliveries");
+  .requiredOption("--failed <rows>", rowNames.join(" or "), (v) => {
+    if (!rowNames.includes(v)) throw new InvalidArgumentError(`expected ${rowNames.join(" or ")}`);
     return v;
   })
   .addOption(
@@ -224,17 +214,14 @@ program
   .option("--all", "every failed row (up to --limit)")
   .option("--limit <n>", "at most this many rows", positiveInt, 10_000)
   .action(
-    (opts: {
-      failed: "orders" | "deliveries";
-      id?: number;
-      errorContains?: string;
-      all?: boolean;
-      limit: number;
-    }) =>
+    (opts: { failed: string; id?: number; errorContains?: string; all?: boolean; limit: number }) =>
       withPool(async (pool) => {
-        const spec =
-          opts.failed === "orders" ? makeOrdersQueue(pool).spec : makeDeliveriesQueue(pool).spec;
-        const rows = makeFailedRows(pool, spec, { columns: "t.id", allowedEquals: {} });
+        const module = WORKLOADS.find((m) => m.rows === opts.failed);
+        if (!module) throw new CliError(`expected ${rowNames.join(" or ")}`);
+        const rows = makeFailedRows(pool, module.queue(pool).spec, {
+          columns: "t.id",
+          allowedEquals: {},
+        });
         if (opts.id !== undefined) {
           const refusal = retryOneRefusal(opts.failed, opts.id, await rows.retryOne(opts.id));
           if (refusal) throw new CliError(refusal);
@@ -251,85 +238,16 @@ program
       }),
   );
 
-const subscriptions = program.command("subscriptions").description("manage webhook subscriptions");
-subscriptions
-  .command("add <url>")
-  .description(
-    "create a subscription; prints its secret once. Private addresses are refused unless WEBHOOK_ALLOWED_NETWORKS lists them (or WEBHOOK_ALLOW_PRIVATE_NETWORKS=true)",
-  )
-  .option("--event-types <list>", "comma-separated event types or prefix.* (default: all)", (v) =>
-    v
-      .split(",")
-      .map((s) => s.trim())
-      .filter(Boolean),
-  )
-  .option("--description <text>")
-  .option("--disabled", "create it disabled")
-  .action(
-    (url: string, opts: { eventTypes?: string[]; description?: string; disabled?: boolean }) =>
-      withPool(async (pool, env) => {
-        const input = {
-          url,
-          event_types: opts.eventTypes,
-          description: opts.description,
-          enabled: !opts.disabled,
-        };
-        const problem = subscriptionInputProblem(input);
-        if (problem) throw new CliError(problem);
-        try {
-          await makeAddressPolicy(env).check(url);
-        } catch (err) {
-          if (err instanceof PrivateAddressError) throw err;
-          throw new CliError(`url host does not resolve: ${(err as Error).message}`);
-        }
-        print(await makeSubscriptions(pool).create(input));
-      }),
-  );
-subscriptions
-  .command("list")
-  .description("list subscriptions (secrets are never shown)")
-  .action(() =>
-    withPool(async (pool) => print((await makeSubscriptions(pool).list({ limit: 1000 })).items)),
-  );
-subscriptions
-  .command("rotate")
-  .description("new secret; the old one keeps signing for the grace period")
-  .argument("<id>", "subscription id", positiveInt)
-  .option("--grace-hours <n>", "hours the old secret keeps signing", positiveInt, 24)
-  .action((id: number, opts: { graceHours: number }) =>
-    withPool(async (pool) => {
-      const sub = await makeSubscriptions(pool).rotate(id, opts.graceHours);
-      if (!sub) throw new CliError(`no subscription with id ${id}`);
-      print(sub);
-    }),
-  );
-for (const [name, enabled, what] of [
-  ["disable", false, "stop delivering to a subscription"],
-  ["enable", true, "deliver to a subscription again (clears why it was disabled)"],
-] as const) {
-  subscriptions
-    .command(name)
-    .description(what)
-    .argument("<id>", "subscription id", positiveInt)
-    .action((id: number) =>
-      withPool(async (pool) => {
-        const sub = await makeSubscriptions(pool).update(id, { enabled });
-        if (!sub) throw new CliError(`no subscription with id ${id}`);
-        print(sub);
-      }),
-    );
-}
-subscriptions
-  .command("delete")
-  .description("delete a subscription and its deliveries")
-  .argument("<id>", "subscription id", positiveInt)
-  .action((id: number) =>
-    withPool(async (pool) => {
-      if (!(await makeSubscriptions(pool).remove(id)))
-        throw new CliError(`no subscription with id ${id}`);
-      process.stdout.write(`deleted subscription ${id}\n`);
-    }),
-  );
+// Commands a workload brings (webhook subscriptions).
+const kit: CliKit = {
+  withPool,
+  print,
+  fail(message) {
+    throw new CliError(message);
+  },
+  positiveInt,
+};
+for (const module of WORKLOADS) module.cli?.(program, kit);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,7 +1,8 @@
-// `npm run gen:sql`: rewrites the generated SQL and README table from settings-spec.ts.
+// `npm run gen:sql`: rewrites the generated SQL and README table from the settings the core and each workload declare.
 import { readFile, writeFile } from "node:fs/promises";
 import { ENV_DOCS, type EnvName } from "./config/env.js";
 import { renderSettingsSql, renderSettingsTable } from "./reactor/settings-sql.js";
+import { SETTINGS } from "./workloads/index.js";
 
 export const SETTINGS_SQL_FILE = new URL("../sql/030_reactor_settings.sql", import.meta.url);
 export const README_FILE = new URL("../README.md", import.meta.url);
@@ -21,9 +22,9 @@ export function replaceBlock(text: string, name: string, body: string): string {
 }
 
 if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split("/").pop() ?? "")) {
-  await writeFile(SETTINGS_SQL_FILE, renderSettingsSql());
+  await writeFile(SETTINGS_SQL_FILE, renderSettingsSql(SETTINGS));
   let readme = await readFile(README_FILE, "utf8");
-  readme = replaceBlock(readme, "settings-table", renderSettingsTable());
+  readme = replaceBlock(readme, "settings-table", renderSettingsTable(SETTINGS));
   readme = replaceBlock(readme, "env-table", renderEnvTable());
   await writeFile(README_FILE, readme);
   process.stdout.write("wrote sql/030_reactor_settings.sql and README tables\n");

@@ -4,13 +4,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { MIN_RELOAD_GAP_MS } from "../src/reactor/settings.js";
-import {
-  defaultSettings,
-  formatSetting,
-  SETTINGS,
-  type SettingName,
-} from "../src/reactor/settings-spec.js";
+import { defaultSettings, formatSetting } from "../src/reactor/settings-spec.js";
 import { renderSettingsSql, renderSettingsTable } from "../src/reactor/settings-sql.js";
+import { SETTINGS, type SettingName } from "../src/workloads/index.js";
 import {
   createTestDatabase,
   insertOrders,
@@ -61,9 +57,9 @@ describe("live configuration", () => {
   it("the committed SQL validation and the README table are generated from the one settings list", async () => {
     expect(
       await readFile(new URL("../sql/030_reactor_settings.sql", import.meta.url), "utf8"),
-    ).toBe(renderSettingsSql());
+    ).toBe(renderSettingsSql(SETTINGS));
     expect(await readFile(new URL("../README.md", import.meta.url), "utf8")).toContain(
-      renderSettingsTable(),
+      renderSettingsTable(SETTINGS),
     );
   });
 
@@ -75,7 +71,7 @@ describe("live configuration", () => {
     apps.push(a, b);
     for (const [name, value] of Object.entries(CHANGED)) await setSetting(db.pool, name, value);
     const expected = {
-      ...defaultSettings(),
+      ...defaultSettings(SETTINGS),
       uploads_enabled: false,
       deliveries_enabled: false,
       poll_interval_seconds: 7,
@@ -183,7 +179,7 @@ describe("live configuration", () => {
       "5,,10",
       "reactor.delivery_retry_schedule_seconds must be 1 to 30 comma-separated integers, each from 1 to 86400, got '5,,10'",
     ],
-    ["nonsense", "1", /^unknown setting reactor\.nonsense: expected one of uploads_enabled, /],
+    ["nonsense", "1", /^unknown setting reactor\.nonsense: expected one of poll_interval_seconds, lease_seconds, /],
   ])(
     "refuses %s = %s at write time with a message naming key, value and expectation",
     async (name, value, message) => {

@@ -7,12 +7,10 @@ import { makeAgent } from "../src/outbound/http.js";
 import { makeAddressPolicy } from "../src/outbound/ssrf.js";
 import { scheduledDelayMs } from "../src/reactor/backoff.js";
 import { parsePayload } from "../src/reactor/listener.js";
-import {
-  defaultSettings,
-  parseSetting,
-  STANDARD_WEBHOOKS_SCHEDULE,
-} from "../src/reactor/settings-spec.js";
+import { defaultSettings, parseSetting } from "../src/reactor/settings-spec.js";
+import { STANDARD_WEBHOOKS_SCHEDULE } from "../src/workloads/deliveries/settings.js";
 import { sendWebhook } from "../src/workloads/deliveries/webhook-client.js";
+import { SETTINGS } from "../src/workloads/index.js";
 
 describe("environment", () => {
   it("has safe defaults", () => {
@@ -100,22 +98,24 @@ describe("environment", () => {
 describe("settings values", () => {
   it("parses booleans the way the old pollers did", () => {
     for (const t of ["true", "TRUE", "1", "yes", "On"])
-      expect(parseSetting("uploads_enabled", t)).toBe(true);
+      expect(parseSetting(SETTINGS, "uploads_enabled", t)).toBe(true);
     for (const f of ["false", "0", "NO", "off"])
-      expect(parseSetting("uploads_enabled", f)).toBe(false);
+      expect(parseSetting(SETTINGS, "uploads_enabled", f)).toBe(false);
   });
   it("names key, value and expectation when a value does not fit", () => {
-    expect(() => parseSetting("poll_interval_seconds", "abc")).toThrow(
+    expect(() => parseSetting(SETTINGS, "poll_interval_seconds", "abc")).toThrow(
       "reactor.poll_interval_seconds must be an integer from 1 to 3600, got 'abc'",
     );
-    expect(() => parseSetting("upload_batch_size", "101")).toThrow(/from 1 to 100, got '101'/);
-    expect(() => parseSetting("delivery_retry_schedule_seconds", "5,x")).toThrow(
+    expect(() => parseSetting(SETTINGS, "upload_batch_size", "101")).toThrow(
+      /from 1 to 100, got '101'/,
+    );
+    expect(() => parseSetting(SETTINGS, "delivery_retry_schedule_seconds", "5,x")).toThrow(
       /comma-separated integers/,
     );
-    expect(() => parseSetting("log_level", "loud")).toThrow(/one of fatal/);
+    expect(() => parseSetting(SETTINGS, "log_level", "loud")).toThrow(/one of fatal/);
   });
   it("has the documented defaults", () => {
-    expect(defaultSettings()).toMatchObject({
+    expect(defaultSettings(SETTINGS)).toMatchObject({
       poll_interval_seconds: 30,
       lease_seconds: 120,
       upload_batch_size: 100,

@@ -17,6 +17,28 @@ async function countsByState(app: App): Promise<Record<string, Record<string, nu
   return Object.fromEntries(entries);
 }
 
+/** What a workload adds to its entry (the shipments watermark); an error is shown, not thrown. */
+async function moduleStatus(app: App): Promise<Record<string, Record<string, unknown>>> {
+  const entries = await Promise.all(
+    app.modules.map(async ({ module, instance }) => {
+      if (!instance.status) return [module.name, {}] as const;
+      try {
+        return [
+          module.name,
+          await withTimeout(
+            instance.status(),
+            COUNTS_TIMEOUT_MS,
+            `no answer within ${COUNTS_TIMEOUT_MS} ms`,
+          ),
+        ] as const;
+      } catch (err) {
+        return [module.name, { statusError: (err as Error).message }] as const;
+      }
+    }),
+  );
+  return Object.fromEntries(entries);
+}
+
 export async function buildStatus(app: App) {
   let counts: Record<string, Record<string, number>> | null = null;
   let countsError: string | null = null;
@@ -29,6 +51,7 @@ export async function buildStatus(app: App) {
   } catch (err) {
     countsError = `database unreachable: ${(err as Error).message}`;
   }
+  const extras = await moduleStatus(app);
   const ls = app.reactor.listener().state();
   const workloads: Record<string, unknown> = {};
   for (const workload of app.reactor.workloads) {
@@ -54,6 +77,7 @@ export async function buildStatus(app: App) {
       waitingOnLocks: d?.waitingOnLocks ?? null,
       pausedUntil: workload.pausedUntil() ? new Date(workload.pausedUntil()) : null,
       pauseReason: workload.pausedUntil() ? (workload.pauseReason?.() ?? null) : null,
+      ...extras[workload.name],
     };
   }
   return {

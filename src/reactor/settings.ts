@@ -6,13 +6,14 @@ import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import { sleep } from "./backoff.js";
 import {
+  type CORE_SETTINGS,
+  type CoreSettings,
   defaultSettings,
   formatSetting,
-  isSettingName,
   parseSettingRows,
-  type SettingName,
   type SettingRow,
-  type Settings,
+  type SettingsOf,
+  type SettingsSpec,
 } from "./settings-spec.js";
 
 export type { SettingRow };
@@ -21,7 +22,7 @@ export type { SettingRow };
 export const MIN_RELOAD_GAP_MS = 20;
 
 export interface SettingChange {
-  name: SettingName;
+  name: string;
   from: unknown;
   to: unknown;
 }
@@ -30,9 +31,10 @@ export interface SettingChange {
 export const SETTINGS_ROWS_SQL = `SELECT parameter_name, value FROM configuration_params
   WHERE category = 'reactor' AND sku IS NULL`;
 
-export interface LiveSettings {
+/** The settings in force; the generic machinery sees the core ones, each workload its own. */
+export interface LiveSettings<T extends CoreSettings = CoreSettings> {
   /** The settings in force. Read it at the point of use so changes apply at once. */
-  readonly current: Readonly<Settings>;
+  readonly current: Readonly<T>;
   /** Re-reads the table; concurrent calls coalesce into at most one more read. */
   reload(): Promise<SettingChange[]>;
   /** Applies rows read elsewhere (the safety poll's combined query). */
@@ -41,11 +43,16 @@ export interface LiveSettings {
   lastReloadAt(): Date | null;
 }
 
-export function makeLiveSettings(pool: Pool, logger: Logger, metrics: Metrics): LiveSettings {
+export function makeLiveSettings<S extends SettingsSpec & typeof CORE_SETTINGS>(
+  pool: Pool,
+  spec: S,
+  logger: Logger,
+  metrics: Metrics,
+): LiveSettings<SettingsOf<S>> {
   const log = logger.child({ component: "settings" });
-  const current = defaultSettings();
+  const current = defaultSettings(spec);
   // The last good value per key, so a bad write keeps it rather than falling to the default.
-  const lastGood = new Map<SettingName, unknown>();
+  const lastGood = new Map<string, unknown>();
   // Bad values already reported, so each is logged and counted once, not on every poll.
   const rejected = new Map<string, string | null>();
   const listeners: Array<(changes: SettingChange[]) => void> = [];
@@ -69,14 +76,14 @@ export function makeLiveSettings(pool: Pool, logger: Logger, metrics: Metrics): 
   function apply(rows: SettingRow[]): SettingChange[] {
     metrics.configReloads.inc();
     lastReloadAt = new Date();
-    const { values, problems } = parseSettingRows(rows);
-    const next = { ...defaultSettings(), ...values } as Record<SettingName, unknown>;
+    const { values, problems } = parseSettingRows(spec, rows);
+    const next: Record<string, unknown> = { ...defaultSettings(spec), ...values };
     for (const [name, value] of Object.entries(values)) {
-      lastGood.set(name as SettingName, value);
+      lastGood.set(name, value);
       rejected.delete(name);
     }
     for (const problem of problems) {
-      if (!isSettingName(problem.parameter_name)) {
+      if (!Object.hasOwn(spec, problem.parameter_name)) {
         reject(problem, `${problem.message} ignored`);
         continue;
       }
@@ -89,8 +96,8 @@ export function makeLiveSettings(pool: Pool, logger: Logger, metrics: Metrics): 
     for (const name of lastGood.keys()) if (!present.has(name)) lastGood.delete(name);
     for (const name of rejected.keys()) if (!present.has(name)) rejected.delete(name);
     const changes: SettingChange[] = [];
-    const mutable = current as Record<SettingName, unknown>;
-    for (const name of Object.keys(next) as SettingName[]) {
+    const mutable = current as Record<string, unknown>;
+    for (const name of Object.keys(next)) {
       const from = mutable[name];
       const to = next[name];
       if (formatSetting(from) !== formatSetting(to)) {

@@ -11,10 +11,10 @@ import { redactSecrets } from "../../outbound/redact.js";
 import type { AddressPolicy } from "../../outbound/ssrf.js";
 import { scheduledDelayMs } from "../../reactor/backoff.js";
 import { type LeaseQueue, type Outcome, retryOrFail } from "../../reactor/lease-queue.js";
-import type { Settings } from "../../reactor/settings-spec.js";
 import type { Workload } from "../../reactor/workload.js";
 import { applyRetention, disableGoneSubscription, RETENTION_BATCH } from "./maintenance.js";
 import { type ClaimedDelivery, DELIVERIES_CHANNEL, MAX_WEBHOOK_BODY_BYTES } from "./queue.js";
+import type { DeliveriesSettings } from "./settings.js";
 import { deliveryBody, signedHeaders } from "./signing.js";
 import { sendWebhook } from "./webhook-client.js";
 
@@ -29,7 +29,7 @@ const RETENTION_EVERY_MS = 10 * 60 * 1000;
 export interface DeliveriesOptions {
   pool: Pool;
   queue: LeaseQueue<ClaimedDelivery>;
-  settings: Readonly<Settings>;
+  settings: Readonly<DeliveriesSettings>;
   agent: Agent;
   /** The SSRF policy: refused targets fail before any connection is opened. */
   addressPolicy: AddressPolicy;

@@ -1,0 +1,63 @@
+// JSON-schema pieces and error helpers shared by every route that takes input (the admin
+// API, a workload's own routes), so each refuses bad input the same way: a 400 that
+// names the field.
+import type { FastifyReply, FastifySchemaValidationError } from "fastify";
+
+/**
+ * Every free-text field carries this pattern: PostgreSQL cannot store or compare a NUL
+ * character, and would answer 500 with its own text.
+ */
+export const NO_NUL = "^[^\\u0000]*$";
+
+/** Ids are bigint in the database but JSON numbers here: at most 2^53 - 1, exactly. */
+export const id = { type: "integer", minimum: 1, maximum: Number.MAX_SAFE_INTEGER } as const;
+export const afterId = { type: "integer", minimum: 0, maximum: Number.MAX_SAFE_INTEGER } as const;
+export const text = (maxLength: number) =>
+  ({ type: "string", minLength: 1, maxLength, pattern: NO_NUL }) as const;
+
+export const idParams = {
+  type: "object",
+  required: ["id"],
+  properties: { id },
+} as const;
+
+/** A 400 whose message names the field; the status server's error handler sends it. */
+export function badRequest(message: string): Error {
+  return Object.assign(new Error(message), { statusCode: 400 });
+}
+
+export function notFound(reply: FastifyReply, message: string) {
+  return reply.code(404).send({ statusCode: 404, error: "Not Found", message });
+}
+
+/**
+ * Schema errors as `querystring/field must …`, like Fastify's own, but in words for the
+ * NUL rule instead of the pattern that states it.
+ */
+export function schemaErrors(errors: FastifySchemaValidationError[], dataVar: string): Error {
+  return new Error(
+    errors
+      .map((e) => {
+        const field = `${dataVar}${e.instancePath}`;
+        return e.keyword === "pattern" && e.params.pattern === NO_NUL
+          ? `${field} must not contain NUL characters`
+          : `${field} ${e.message}`;
+      })
+      .join(", "),
+  );
+}
+
+/**
+ * The path of the first number in `value` that is not finite, or null. Ajv coerces the
+ * text "Infinity" (or "1e400") to Infinity and then skips minimum and maximum, which it
+ * checks on finite numbers only; PostgreSQL would refuse it in its own words.
+ */
+export function nonFinite(value: unknown, path: string): string | null {
+  if (typeof value === "number") return Number.isFinite(value) ? null : path;
+  if (value === null || typeof value !== "object") return null;
+  for (const [key, inner] of Object.entries(value)) {
+    const found = nonFinite(inner, `${path}/${key}`);
+    if (found) return found;
+  }
+  return null;
+}

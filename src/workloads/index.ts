@@ -1,0 +1,24 @@
+// The one list of workloads (docs/architecture.md §6). The app, the status server, the
+// admin API, the CLI and the settings generator read it; none of them names a workload.
+// A new workload is a folder under src/workloads/ and one entry in each list below.
+import { SHIPSTATION_SETTINGS } from "../outbound/shipstation-account.js";
+import { CORE_SETTINGS, type SettingsOf } from "../reactor/settings-spec.js";
+import { deliveriesModule } from "./deliveries/index.js";
+import type { WorkloadModule } from "./module.js";
+import { uploadsModule } from "./uploads/index.js";
+
+export const WORKLOADS: readonly WorkloadModule[] = [uploadsModule, deliveriesModule];
+
+/**
+ * Every runtime setting: the core's, the ShipStation account's, then each workload's, in
+ * the order the README table shows them.
+ */
+export const SETTINGS = {
+  ...CORE_SETTINGS,
+  ...SHIPSTATION_SETTINGS,
+  ...uploadsModule.settings,
+  ...deliveriesModule.settings,
+} as const;
+
+export type Settings = SettingsOf<typeof SETTINGS>;
+export type SettingName = keyof Settings;
