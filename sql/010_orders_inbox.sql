@@ -4,7 +4,8 @@
 
 -- A business change (status, payload, number, key) stamps updated_at, and puts an
 -- uploaded or failed order that is not shipped back to pending: ShipStation's
--- createorder upserts by orderKey, so re-sending updates the order there. The drainer
+-- createorder upserts by orderKey, so re-sending updates the order there. A shipment
+-- applied or voided by the shipments workload is not sent back. The drainer
 -- compares updated_at at finalize time, so a change made while an upload is in flight
 -- is sent again rather than lost.
 CREATE OR REPLACE FUNCTION reactor_orders_before_update() RETURNS trigger
@@ -13,7 +14,10 @@ BEGIN
   IF (NEW.status, NEW.payload, NEW.order_number, NEW.order_key)
      IS DISTINCT FROM (OLD.status, OLD.payload, OLD.order_number, OLD.order_key) THEN
     NEW.updated_at := clock_timestamp();
+    -- A change that records or clears a shipment came from ShipStation (the shipments
+    -- workload): there is nothing to send back.
     IF NEW.status <> 'shipped'
+       AND NEW.shipstation_shipment_id IS NOT DISTINCT FROM OLD.shipstation_shipment_id
        AND OLD.upload_state IN ('uploaded', 'failed')
        AND NEW.upload_state = OLD.upload_state THEN
       NEW.upload_state := 'pending';

@@ -57,8 +57,14 @@ BEGIN
     WHEN 'retention_days' THEN
       ok := v IS NOT NULL AND (reactor_setting_int_ok(v, 1, 365));
       expected := 'an integer from 1 to 365';
+    WHEN 'shipments_enabled' THEN
+      ok := v IS NOT NULL AND (lower(btrim(v)) IN ('true', '1', 'yes', 'on', 'false', '0', 'no', 'off'));
+      expected := 'a boolean (true/false, 1/0, yes/no, on/off)';
+    WHEN 'shipment_sync_interval_seconds' THEN
+      ok := v IS NOT NULL AND (reactor_setting_int_ok(v, 10, 86400));
+      expected := 'an integer from 10 to 86400';
     ELSE
-      RAISE EXCEPTION 'unknown setting reactor.%: expected one of poll_interval_seconds, lease_seconds, log_level, upload_rate_limit_per_minute, uploads_enabled, upload_batch_size, upload_concurrency, deliveries_enabled, delivery_concurrency, delivery_timeout_seconds, delivery_retry_schedule_seconds, retention_days', NEW.parameter_name
+      RAISE EXCEPTION 'unknown setting reactor.%: expected one of poll_interval_seconds, lease_seconds, log_level, upload_rate_limit_per_minute, uploads_enabled, upload_batch_size, upload_concurrency, deliveries_enabled, delivery_concurrency, delivery_timeout_seconds, delivery_retry_schedule_seconds, retention_days, shipments_enabled, shipment_sync_interval_seconds', NEW.parameter_name
         USING ERRCODE = 'check_violation';
   END CASE;
   IF NOT ok THEN

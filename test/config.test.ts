@@ -31,6 +31,8 @@ const CHANGED: Record<SettingName, string> = {
   delivery_retry_schedule_seconds: "1, 2,3",
   retention_days: "30",
   log_level: "DEBUG",
+  shipments_enabled: "false",
+  shipment_sync_interval_seconds: "600",
 };
 
 describe("live configuration", () => {

@@ -72,6 +72,14 @@ const schema = {
   SHIPSTATION_API_SECRET: z.string().min(1).optional(),
   WEBHOOK_ALLOW_PRIVATE_NETWORKS: bool.optional(),
   WEBHOOK_ALLOWED_NETWORKS: networkList.optional(),
+  SHIPSTATION_WEBHOOK_TOKEN: z
+    .string()
+    .regex(
+      /^[A-Za-z0-9_-]{24,200}$/,
+      "24-200 characters of letters, digits, _ and - (it is a URL path segment and a secret)",
+    )
+    .optional(),
+  PUBLIC_URL: httpUrl.optional(),
   LOG_LEVEL: z
     .string()
     .refine((v) => (LOG_LEVELS as readonly string[]).includes(v), {
@@ -110,7 +118,15 @@ export interface Env {
   httpHost: string;
   httpPort: number;
   adminToken: string | undefined;
-  shipstation: { baseUrl: string; apiKey: string | undefined; apiSecret: string | undefined };
+  shipstation: {
+    baseUrl: string;
+    apiKey: string | undefined;
+    apiSecret: string | undefined;
+    /** The secret path segment of POST /hooks/shipstation/:token; unset → the hook is off. */
+    webhookToken: string | undefined;
+  };
+  /** Where ShipStation reaches this service (SHIP_NOTIFY is subscribed there at start), no trailing slash. */
+  publicUrl: string | undefined;
   webhookAllowPrivateNetworks: boolean;
   /** Networks webhooks may reach although they are not public, as `address/prefix`. */
   webhookAllowedNetworks: string[];
@@ -156,7 +172,9 @@ export function loadEnv(source: NodeJS.ProcessEnv = process.env): Env {
       baseUrl: (raw.SHIPSTATION_BASE_URL ?? SHIPSTATION_DEFAULT_BASE_URL).replace(/\/+$/, ""),
       apiKey: raw.SHIPSTATION_API_KEY,
       apiSecret: raw.SHIPSTATION_API_SECRET,
+      webhookToken: raw.SHIPSTATION_WEBHOOK_TOKEN,
     },
+    publicUrl: raw.PUBLIC_URL?.replace(/\/+$/, ""),
     webhookAllowPrivateNetworks: BOOL_TRUE.has(
       (raw.WEBHOOK_ALLOW_PRIVATE_NETWORKS ?? "false").toLowerCase(),
     ),
@@ -189,6 +207,14 @@ export const ENV_DOCS: Record<EnvName, { default: string; doc: string }> = {
   WEBHOOK_ALLOWED_NETWORKS: {
     default: "empty: public addresses only",
     doc: "Comma-separated IPs or CIDRs (e.g. `10.0.0.0/8`) webhooks may reach besides public addresses.",
+  },
+  SHIPSTATION_WEBHOOK_TOKEN: {
+    default: "unset: the ShipStation hook is off",
+    doc: "Secret path segment of `POST /hooks/shipstation/:token` (24-200 of `A-Za-z0-9_-`); a wrong token is a 404.",
+  },
+  PUBLIC_URL: {
+    default: "unset: no subscription",
+    doc: "This service's public base URL; with the token set, SHIP_NOTIFY is subscribed to `$PUBLIC_URL/hooks/shipstation/$SHIPSTATION_WEBHOOK_TOKEN` at start, once.",
   },
   LOG_LEVEL: { default: "info", doc: "Initial pino level (the `log_level` key overrides it)." },
   INSTANCE_ID: { default: "host:pid", doc: "Name of this replica in leases and logs." },

@@ -46,6 +46,12 @@ export const ordersInbox = pgTable(
     uploadedAt: tz("uploaded_at"),
     createdAt: tz("created_at").notNull().defaultNow(),
     updatedAt: tz("updated_at").notNull().defaultNow(),
+    // Written by the shipments workload when ShipStation ships (or voids) the order.
+    shippedAt: tz("shipped_at"),
+    trackingNumber: text("tracking_number"),
+    carrierCode: text("carrier_code"),
+    serviceCode: text("service_code"),
+    shipstationShipmentId: bigint("shipstation_shipment_id", { mode: "number" }),
   },
   (t) => [
     check(
@@ -57,6 +63,8 @@ export const ordersInbox = pgTable(
       .on(t.nextAttemptAt, t.id)
       .where(sql`${t.uploadState} = 'pending'`),
     index("orders_inbox_failed_idx").on(t.id).where(sql`${t.uploadState} = 'failed'`),
+    // Shipments of orders not uploaded by the reactor are matched by orderNumber.
+    index("orders_inbox_order_number_idx").on(t.orderNumber),
   ],
 );
 
@@ -187,5 +195,65 @@ export const reactorRateLimits = pgTable("reactor_rate_limits", {
   name: text("name").primaryKey(),
   sentAt: tz("sent_at").array().notNull().default(sql`'{}'::timestamptz[]`),
   pausedUntil: tz("paused_until"),
+  updatedAt: tz("updated_at").notNull().defaultNow(),
+});
+
+/** One SHIP_NOTIFY received on the hook; the shipments workload fetches its resource_url. */
+export const shipstationNotifications = pgTable(
+  "shipstation_notifications",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedByDefaultAsIdentity(),
+    resourceType: text("resource_type").notNull(),
+    resourceUrl: text("resource_url").notNull(),
+    receivedAt: tz("received_at").notNull().defaultNow(),
+    state: text("state").notNull().default("pending"),
+    attempts: integer("attempts").notNull().default(0),
+    nextAttemptAt: tz("next_attempt_at").notNull().defaultNow(),
+    lockedBy: text("locked_by"),
+    lockedUntil: tz("locked_until"),
+    lastError: text("last_error"),
+    processedAt: tz("processed_at"),
+    /** Shipments the resource held, and how many of them changed an order. */
+    shipments: integer("shipments"),
+    applied: integer("applied"),
+  },
+  (t) => [
+    check(
+      "shipstation_notifications_state_check",
+      sql`${t.state} IN ('pending', 'done', 'failed')`,
+    ),
+    index("shipstation_notifications_due_idx")
+      .on(t.nextAttemptAt, t.id)
+      .where(sql`${t.state} = 'pending'`),
+    index("shipstation_notifications_failed_idx").on(t.id).where(sql`${t.state} = 'failed'`),
+    index("shipstation_notifications_done_idx").on(t.receivedAt).where(sql`${t.state} = 'done'`),
+  ],
+);
+
+/**
+ * Every shipment applied, by ShipStation's shipmentId: what makes applying it again (a
+ * repeated webhook, the poll's overlap) change nothing and emit nothing.
+ */
+export const shipstationShipments = pgTable(
+  "shipstation_shipments",
+  {
+    shipmentId: bigint("shipment_id", { mode: "number" }).primaryKey(),
+    /** The order it shipped; null when this database does not know the order. */
+    orderId: bigint("order_id", { mode: "number" }).references(() => ordersInbox.id, {
+      onDelete: "set null",
+    }),
+    voided: boolean("voided").notNull().default(false),
+    /** webhook or poll: which path saw it first. */
+    source: text("source").notNull(),
+    appliedAt: tz("applied_at").notNull().defaultNow(),
+    updatedAt: tz("updated_at").notNull().defaultNow(),
+  },
+  (t) => [index("shipstation_shipments_order_idx").on(t.orderId)],
+);
+
+/** Watermarks of slow polls; the shipment poll's row is named `shipstation_shipments`. */
+export const reactorSyncState = pgTable("reactor_sync_state", {
+  name: text("name").primaryKey(),
+  watermark: tz("watermark"),
   updatedAt: tz("updated_at").notNull().defaultNow(),
 });

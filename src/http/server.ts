@@ -61,7 +61,8 @@ export async function buildStatusServer(
           : err.message;
         return reply.code(400).send({ statusCode: 400, error: "Bad Request", message });
       }
-      req.log.error({ err: err.message, url: req.url }, "request failed");
+      // The route pattern, not the URL: a path may hold a secret (the hook's token).
+      req.log.error({ err: err.message, route: req.routeOptions.url }, "request failed");
       return reply.code(500).send({
         statusCode: 500,
         error: "Internal Server Error",
@@ -101,6 +102,9 @@ export async function buildStatusServer(
   });
 
   server.get("/status", async () => buildStatus(app));
+
+  // Routes a workload brings (the ShipStation hook).
+  for (const { instance } of app.modules) instance.routes?.(server);
 
   await registerAdminRoutes(server, app);
   return server;

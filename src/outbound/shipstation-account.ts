@@ -33,7 +33,7 @@ const CREDENTIALS_RETRY_CAP_MS = 5 * 60 * 1000;
 
 /** The parts of any ShipStation answer the account learns from. */
 export type ShipStationAnswer =
-  | { kind: "ok"; status: number; rate: RateHeaders }
+  | { kind: "ok"; status: number; rate?: RateHeaders }
   | { kind: "rate_limited"; status: 429; resetMs: number }
   | { kind: "auth" | "endpoint"; status: number; error: string }
   | { kind: "rejected" | "transient"; status: number | null; error: string };
@@ -143,7 +143,7 @@ export function makeShipStationAccount(options: {
       }
       switch (answer.kind) {
         case "ok":
-          if (answer.rate.remaining === 0 && answer.rate.resetMs !== null) {
+          if (answer.rate?.remaining === 0 && answer.rate.resetMs !== null) {
             return pauseForReset(workload, answer.rate.resetMs, "X-Rate-Limit-Remaining is 0");
           }
           return 0;

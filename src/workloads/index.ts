@@ -5,9 +5,14 @@ import { SHIPSTATION_SETTINGS } from "../outbound/shipstation-account.js";
 import { CORE_SETTINGS, type SettingsOf } from "../reactor/settings-spec.js";
 import { deliveriesModule } from "./deliveries/index.js";
 import type { WorkloadModule } from "./module.js";
+import { shipmentsModule } from "./shipments/index.js";
 import { uploadsModule } from "./uploads/index.js";
 
-export const WORKLOADS: readonly WorkloadModule[] = [uploadsModule, deliveriesModule];
+export const WORKLOADS: readonly WorkloadModule[] = [
+  uploadsModule,
+  deliveriesModule,
+  shipmentsModule,
+];
 
 /**
  * Every runtime setting: the core's, the ShipStation account's, then each workload's, in
@@ -18,6 +23,7 @@ export const SETTINGS = {
   ...SHIPSTATION_SETTINGS,
   ...uploadsModule.settings,
   ...deliveriesModule.settings,
+  ...shipmentsModule.settings,
 } as const;
 
 export type Settings = SettingsOf<typeof SETTINGS>;

@@ -1,0 +1,40 @@
+-- shipstation_notifications (docs/architecture.md, invariant 2): the hook inserts one row
+-- per SHIP_NOTIFY; one tiny NOTIFY per statement wakes the shipments workload. Manual
+-- retries and released leases wake it too; its own claims and scheduled retries do not.
+-- Applied by `npm run migrate` after the drizzle migrations; safe to run again.
+
+CREATE OR REPLACE FUNCTION reactor_shipments_notify_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM new_rows WHERE state = 'pending') THEN
+    PERFORM pg_notify('reactor_shipments', '{"v":1,"table":"shipstation_notifications","op":"INSERT"}');
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS reactor_shipments_notify_insert ON shipstation_notifications;
+CREATE TRIGGER reactor_shipments_notify_insert
+  AFTER INSERT ON shipstation_notifications
+  REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION reactor_shipments_notify_insert();
+
+CREATE OR REPLACE FUNCTION reactor_shipments_notify_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (
+    SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
+    WHERE n.state = 'pending' AND n.locked_by IS NULL AND n.next_attempt_at <= now()
+      AND (o.state <> 'pending' OR o.locked_by IS NOT NULL)
+  ) THEN
+    PERFORM pg_notify('reactor_shipments', '{"v":1,"table":"shipstation_notifications","op":"UPDATE"}');
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS reactor_shipments_notify_update ON shipstation_notifications;
+CREATE TRIGGER reactor_shipments_notify_update
+  AFTER UPDATE ON shipstation_notifications
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION reactor_shipments_notify_update();
