@@ -35,7 +35,6 @@ ALTER TABLE "orders_inbox" ADD COLUMN "tracking_number" text;--> statement-break
 ALTER TABLE "orders_inbox" ADD COLUMN "carrier_code" text;--> statement-breakpoint
 ALTER TABLE "orders_inbox" ADD COLUMN "service_code" text;--> statement-breakpoint
 ALTER TABLE "orders_inbox" ADD COLUMN "shipstation_shipment_id" bigint;--> statement-breakpoint
-ALTER TABLE "shipstation_shipments" ADD CONSTRAINT "shipstation_shipments_order_id_orders_inbox_id_fk" FOREIGN KEY ("order_id") REFERENCES "public"."orders_inbox"("id") ON DELETE set null ON UPDATE no action;--> statement-breakpoint
 CREATE INDEX "shipstation_notifications_due_idx" ON "shipstation_notifications" USING btree ("next_attempt_at","id") WHERE "shipstation_notifications"."state" = 'pending';--> statement-breakpoint
 CREATE INDEX "shipstation_notifications_failed_idx" ON "shipstation_notifications" USING btree ("id") WHERE "shipstation_notifications"."state" = 'failed';--> statement-breakpoint
 CREATE INDEX "shipstation_notifications_done_idx" ON "shipstation_notifications" USING btree ("received_at") WHERE "shipstation_notifications"."state" = 'done';--> statement-breakpoint

@@ -86,6 +86,8 @@ describe("live configuration", () => {
       delivery_retry_schedule_seconds: [1, 2, 3],
       retention_days: 30,
       log_level: "debug",
+      shipments_enabled: false,
+      shipment_sync_interval_seconds: 600,
     };
     for (const app of [a, b]) {
       await waitFor(() => JSON.stringify(app.settings.current) === JSON.stringify(expected), {
@@ -181,7 +183,11 @@ describe("live configuration", () => {
       "5,,10",
       "reactor.delivery_retry_schedule_seconds must be 1 to 30 comma-separated integers, each from 1 to 86400, got '5,,10'",
     ],
-    ["nonsense", "1", /^unknown setting reactor\.nonsense: expected one of poll_interval_seconds, lease_seconds, /],
+    [
+      "nonsense",
+      "1",
+      /^unknown setting reactor\.nonsense: expected one of poll_interval_seconds, lease_seconds, /,
+    ],
   ])(
     "refuses %s = %s at write time with a message naming key, value and expectation",
     async (name, value, message) => {

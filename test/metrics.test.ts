@@ -100,6 +100,7 @@ const labelValues = (workloads: string[], channels: string[]) => ({
   reason: WAKE_REASONS,
   outcome: COMPLETED_OUTCOMES,
   class: HTTP_CLASSES,
+  source: ["webhook", "poll"],
 });
 
 describe("primeMetrics", () => {

@@ -238,10 +238,12 @@ export const shipstationShipments = pgTable(
   "shipstation_shipments",
   {
     shipmentId: bigint("shipment_id", { mode: "number" }).primaryKey(),
-    /** The order it shipped; null when this database does not know the order. */
-    orderId: bigint("order_id", { mode: "number" }).references(() => ordersInbox.id, {
-      onDelete: "set null",
-    }),
+    /**
+     * The order it shipped; null when this database does not know the order. No foreign
+     * key: this is a record of what ShipStation did, and it must not stop an app from
+     * deleting or truncating its orders.
+     */
+    orderId: bigint("order_id", { mode: "number" }),
     voided: boolean("voided").notNull().default(false),
     /** webhook or poll: which path saw it first. */
     source: text("source").notNull(),

@@ -1,6 +1,7 @@
 // `npm run demo`: the whole product in one process tree, in about ten seconds. Embedded
 // Postgres, a fake ShipStation, a webhook receiver and a reactor; it inserts orders and
-// events, flips a flag, changes a setting, and prints what happened and how fast.
+// events, ships an order at the fake ShipStation (SHIP_NOTIFY comes back as order.shipped),
+// flips a flag, changes a setting, and prints what happened and how fast.
 import { randomBytes } from "node:crypto";
 import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -35,6 +36,8 @@ async function until(
 const ms = (x: number) => `${x.toFixed(1)} ms`;
 
 const ORDER = sampleOrderPayload();
+/** The demo's hook token (production sets SHIPSTATION_WEBHOOK_TOKEN to a secret of its own). */
+const DEMO_HOOK_TOKEN = "demo-hook-token-not-a-secret-0001";
 
 async function main() {
   const t0 = performance.now();
@@ -55,6 +58,7 @@ async function main() {
       SHIPSTATION_API_KEY: "demo-key",
       SHIPSTATION_API_SECRET: "demo-secret",
       WEBHOOK_ALLOW_PRIVATE_NETWORKS: "true",
+      SHIPSTATION_WEBHOOK_TOKEN: DEMO_HOOK_TOKEN,
     });
     const app = makeApp({
       env,
@@ -65,6 +69,15 @@ async function main() {
     const server = await startStatusServer(app, app.logger);
     const base = serverUrl(server);
     say(`2. reactor running; status server at ${base}`);
+    // In production PUBLIC_URL makes the reactor subscribe SHIP_NOTIFY itself; the demo's
+    // server port is only known now, so it points the fake's subscription at the hook.
+    fake.webhooks.push({
+      id: 1,
+      url: `${base}/hooks/shipstation/${DEMO_HOOK_TOKEN}`,
+      event: "SHIP_NOTIFY",
+      active: true,
+      friendlyName: "demo",
+    } as (typeof fake.webhooks)[number]);
 
     const sql = new pg.Client({ connectionString: db.url });
     await sql.connect();
@@ -101,6 +114,20 @@ async function main() {
     );
     say(
       `4. order + outbox event in one transaction → both delivered in ${ms(performance.now() - started)} (signed webhook ${rows[0].id})`,
+    );
+
+    started = performance.now();
+    await fake.ship("demo-1", { trackingNumber: "9400DEMO0000000001" });
+    const shipped = await until("DEMO-1 shipped and order.shipped delivered", () =>
+      receiver.requests.some(
+        (r) => r.body.includes('"order.shipped"') && r.body.includes("9400DEMO0000000001"),
+      ),
+    );
+    const row = await sql.query(
+      "SELECT status, tracking_number FROM orders_inbox WHERE order_key = 'demo-1'",
+    );
+    say(
+      `   ShipStation ships DEMO-1 → SHIP_NOTIFY → row ${row.rows[0].status} (${row.rows[0].tracking_number}) → order.shipped at the subscriber in ${ms(shipped)}`,
     );
 
     started = performance.now();

@@ -7,6 +7,8 @@ const host = process.env.FAKES_HOST ?? "0.0.0.0";
 const shipstation = await startFakeShipStation({
   host,
   port: Number(process.env.FAKE_SHIPSTATION_PORT ?? 9001),
+  // SHIP_NOTIFY's resource_url must be on the reactor's SHIPSTATION_BASE_URL origin.
+  publicUrl: process.env.FAKE_SHIPSTATION_PUBLIC_URL ?? "http://fakes:9001",
 });
 const receiver = await startReceiver({
   host,
