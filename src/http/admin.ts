@@ -106,6 +106,7 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
             columns: module.failedRows.columns,
             allowedEquals: Object.fromEntries(filters.map(([key, f]) => [key, f.column])),
             numberColumns: filters.filter(([, f]) => f.number).map(([key]) => key),
+            createdColumn: module.failedRows.createdColumn,
           }),
           equals: filters.map(([key]) => key),
           // Free text never carries a NUL (PostgreSQL cannot hold one).

@@ -53,12 +53,15 @@ export function makeFailedRows(
     allowedEquals: Record<string, string>;
     /** bigint columns (besides id) to return as JSON numbers. */
     numberColumns?: string[];
+    /** The column created_after/created_before compare (default created_at). */
+    createdColumn?: string;
   },
 ): FailedRows {
   const t = q(spec.table);
   const state = q(spec.stateColumn);
   const failed = `'${spec.states.failed}'`;
   const pending = `'${spec.states.pending}'`;
+  const created = `t.${q(options.createdColumn ?? "created_at")}`;
 
   /** Builds `AND …` conditions, appending their values to `params` ($1, $2, … in order). */
   function where(filter: FailedFilter, params: unknown[]): string {
@@ -70,8 +73,8 @@ export function makeFailedRows(
     if (filter.ids?.length) add("t.id = ANY (?::bigint[])", filter.ids);
     if (filter.errorContains)
       add("t.last_error ILIKE '%' || ? || '%'", filter.errorContains.replace(/[\\%_]/g, "\\$&"));
-    if (filter.createdAfter) add("t.created_at >= ?::timestamptz", filter.createdAfter);
-    if (filter.createdBefore) add("t.created_at < ?::timestamptz", filter.createdBefore);
+    if (filter.createdAfter) add(`${created} >= ?::timestamptz`, filter.createdAfter);
+    if (filter.createdBefore) add(`${created} < ?::timestamptz`, filter.createdBefore);
     for (const [key, value] of Object.entries(filter.equals ?? {})) {
       const expr = options.allowedEquals[key];
       if (!expr) throw new Error(`unknown filter ${key}`);

@@ -78,7 +78,12 @@ export interface WorkloadModule<S extends SettingsSpec = SettingsSpec> {
   /** Its table as a lease queue (claims, finalize, stats, counts). */
   queue(pool: Pool): LeaseQueue<ClaimedRow>;
   /** What GET /admin/<rows>/failed returns, and the filters it takes beyond the common ones. */
-  failedRows: { columns: string; filters: Readonly<Record<string, FailedRowsFilter>> };
+  failedRows: {
+    columns: string;
+    filters: Readonly<Record<string, FailedRowsFilter>>;
+    /** What created_after/created_before compare, when the table has no created_at. */
+    createdColumn?: string;
+  };
   /** Builds it for one process. */
   create(context: WorkloadContext<SettingsOf<S>>): WorkloadInstance;
   /** Extra CLI commands (webhook subscriptions). */
