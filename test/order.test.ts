@@ -1,11 +1,7 @@
 // Order building, as a unit: what a row must hold to be sent, and exactly what is sent.
 import { describe, expect, it } from "vitest";
-import {
-  buildOrder,
-  type OrderRow,
-  parseZonedDateTime,
-  toShipStationDate,
-} from "../src/workloads/uploads/order.js";
+import { toShipStationTime } from "../src/outbound/shipstation-time.js";
+import { buildOrder, type OrderRow, parseZonedDateTime } from "../src/workloads/uploads/order.js";
 
 const base: Omit<OrderRow, "payload" | "payload_bytes"> = {
   id: 7,
@@ -117,7 +113,7 @@ describe("ShipStation dates", () => {
   it("parses only zoned ISO date-times and formats them in Pacific time", () => {
     expect(parseZonedDateTime("2026-11-23T14:05:00Z")).toEqual(new Date("2026-11-23T14:05:00Z"));
     expect(typeof parseZonedDateTime("2026-11-23 14:05")).toBe("string");
-    expect(toShipStationDate(new Date("2026-11-23T14:05:06.789Z"))).toBe(
+    expect(toShipStationTime(new Date("2026-11-23T14:05:06.789Z"))).toBe(
       "2026-11-23T06:05:06.7890000",
     );
   });

@@ -4,6 +4,7 @@
 // (lossless-json), never rounded through JavaScript doubles.
 import { isLosslessNumber, LosslessNumber, parse, stringify } from "lossless-json";
 import { z } from "zod";
+import { toShipStationTime } from "../../outbound/shipstation-time.js";
 
 /** Statuses ShipStation accepts on createorder. 'shipped' is ShipStation's to set. */
 export const OPEN_STATUSES = [
@@ -48,27 +49,6 @@ const ISO_DATE_TIME =
 
 /** The date-time fields of an order that ShipStation reads, converted the same way. */
 const DATE_FIELDS = ["orderDate", "paymentDate", "shipByDate"] as const;
-
-/**
- * ShipStation v1 documents date-times as `2015-06-29T08:46:27.0000000`: no zone, read
- * as US Pacific time (the zone of its API). An instant is converted to that form.
- */
-const pacific = new Intl.DateTimeFormat("en-US", {
-  timeZone: "America/Los_Angeles",
-  hourCycle: "h23",
-  year: "numeric",
-  month: "2-digit",
-  day: "2-digit",
-  hour: "2-digit",
-  minute: "2-digit",
-  second: "2-digit",
-});
-
-export function toShipStationDate(instant: Date): string {
-  const part = (type: string) => pacific.formatToParts(instant).find((p) => p.type === type)?.value;
-  const ms = String(instant.getUTCMilliseconds()).padStart(3, "0");
-  return `${part("year")}-${part("month")}-${part("day")}T${part("hour")}:${part("minute")}:${part("second")}.${ms}0000`;
-}
 
 /** Parses an ISO date-time with zone, or returns the reason it is not one. */
 export function parseZonedDateTime(value: unknown): Date | string {
@@ -183,7 +163,7 @@ export function buildOrder(row: OrderRow): BuildResult {
       if (value === undefined || value === null) continue;
       const date = parseZonedDateTime(value);
       if (typeof date === "string") return fail(`payload.${field} ${date}`);
-      dates[field] = toShipStationDate(date);
+      dates[field] = toShipStationTime(date);
     }
     const order: ShipStationOrder = {
       ...rest,
@@ -191,7 +171,7 @@ export function buildOrder(row: OrderRow): BuildResult {
       orderNumber: row.order_number,
       orderKey: row.upload_key,
       orderStatus: row.status,
-      orderDate: dates.orderDate ?? toShipStationDate(new Date(row.created_at)),
+      orderDate: dates.orderDate ?? toShipStationTime(new Date(row.created_at)),
     };
     const json = stringify(order);
     if (json === undefined) return fail("payload could not be serialised");
