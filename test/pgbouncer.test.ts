@@ -27,6 +27,7 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
   let queueDb: TestDatabase;
   let uploadDb: TestDatabase;
   let failDb: TestDatabase;
+  let shipDb: TestDatabase;
   let fake: FakeShipStation;
   let apps: App[] = [];
   let server: FastifyInstance | null = null;
@@ -36,7 +37,8 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
     const bin = await pgbouncerForTests();
     fake = await startFakeShipStation();
     // One database per test: each has its own rate-limit budget and its own rows.
-    [queueDb, uploadDb, failDb] = await Promise.all([
+    [queueDb, uploadDb, failDb, shipDb] = await Promise.all([
+      createTestDatabase(),
       createTestDatabase(),
       createTestDatabase(),
       createTestDatabase(),
@@ -45,7 +47,7 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
     bouncer = await startPgBouncer({
       bin,
       adminUrl: inject("adminUrl"),
-      databases: [queueDb.name, uploadDb.name, failDb.name],
+      databases: [queueDb.name, uploadDb.name, failDb.name, shipDb.name],
     });
   });
   afterEach(async () => {
@@ -61,7 +63,7 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
   afterAll(async () => {
     await bouncer?.stop();
     await fake?.close();
-    await Promise.all([queueDb?.drop(), uploadDb?.drop(), failDb?.drop()]);
+    await Promise.all([queueDb?.drop(), uploadDb?.drop(), failDb?.drop(), shipDb?.drop()]);
   });
 
   /** PgBouncer's clients and server connections for one database, from its admin console. */
@@ -173,6 +175,62 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
       0,
     );
     expect(seen.servers.length).toBeLessThanOrEqual(PGBOUNCER_POOL_SIZE);
+  });
+
+  it("shipments come back through the pool: SHIP_NOTIFY and the watermark poll apply each shipment once", async (ctx) => {
+    skipWithoutPgbouncer(ctx, bouncer);
+    const token = "pgbouncer-hook-token-000000000000";
+    await shipDb.pool.query(
+      "INSERT INTO configuration_params (category, parameter_name, value) VALUES ('reactor', 'shipment_sync_interval_seconds', '10')",
+    );
+    apps = await startReplicas(2, {
+      databaseUrl: bouncer.urlFor(shipDb.name),
+      shipstationUrl: fake.url,
+      env: { LISTEN_DATABASE_URL: shipDb.url, SHIPSTATION_WEBHOOK_TOKEN: token },
+    });
+    server = await startStatusServer(apps[0] as App, (apps[0] as App).logger);
+    const ids = await insertOrders(shipDb.pool, 200);
+    await waitFor(
+      async () =>
+        (
+          await shipDb.pool.query(
+            "SELECT count(*)::int AS n FROM orders_inbox WHERE upload_state = 'uploaded'",
+          )
+        ).rows[0].n === 200,
+      { timeoutMs: 60_000, what: "200 orders uploaded" },
+    );
+    const { rows: keyed } = await shipDb.pool.query(
+      "SELECT upload_key FROM orders_inbox WHERE id = ANY($1) ORDER BY id",
+      [ids],
+    );
+    const keys = keyed.map((r) => r.upload_key as string);
+    fake.webhooks.push({
+      id: 1,
+      url: `${serverUrl(server)}/hooks/shipstation/${token}`,
+      event: "SHIP_NOTIFY",
+      active: true,
+      friendlyName: "pgbouncer test",
+    } as (typeof fake.webhooks)[number]);
+    // Half by webhook, in batches of 20; half only the poll can find.
+    for (let i = 0; i < 100; i += 20) await fake.ship(keys.slice(i, i + 20));
+    await fake.ship(keys.slice(100), { notify: false });
+    await waitFor(
+      async () =>
+        (
+          await shipDb.pool.query(
+            "SELECT count(*)::int AS n FROM orders_inbox WHERE status = 'shipped'",
+          )
+        ).rows[0].n === 200,
+      { timeoutMs: 30_000, what: "200 orders shipped" },
+    );
+    const { rows } = await shipDb.pool.query(
+      `SELECT count(*)::int AS events, count(DISTINCT aggregate_id)::int AS orders
+       FROM outbox_events WHERE event_type = 'order.shipped'`,
+    );
+    expect(rows[0]).toEqual({ events: 200, orders: 200 });
+    const drainErrors = await Promise.all(apps.map((app) => metricTotal(app.metrics.drainErrors)));
+    expect(drainErrors).toEqual([0, 0]);
+    fake.webhooks.length = 0;
   });
 
   it("failing drains make /health/ready 503 and count in /metrics, and both recover once fixed", async (ctx) => {
