@@ -1,9 +1,12 @@
 // Applies ShipStation shipments to orders_inbox, in one transaction per batch: the order
 // becomes `shipped` with its tracking, and an `order.shipped` outbox event is written in
 // the same transaction, so subscribers hear of it exactly when it is true. A voided
-// shipment puts the order back to awaiting_shipment and writes `order.shipment_voided`.
+// shipment takes its tracking off the order (back to awaiting_shipment unless another
+// shipment of the order still stands) and writes `order.shipment_voided`.
 // shipstation_shipments remembers every shipment id, so applying one again (a repeated
 // webhook, the poll's overlap, a race between the two) changes nothing and emits nothing.
+// A shipment PostgreSQL cannot store is skipped alone, never the page it came in.
+import type pg from "pg";
 import type { Pool } from "../../db/pool.js";
 import type { Shipment } from "../../outbound/shipstation-client.js";
 
@@ -16,19 +19,25 @@ export interface ApplyResult {
   unchanged: number;
   /** Shipments of orders this database does not know (counted once, when first seen). */
   unmatched: Shipment[];
+  /** Shipments PostgreSQL cannot store (a NUL character, a value out of range): nothing of them was written. */
+  refused: Array<{ shipment: Shipment; error: string }>;
 }
 
 /**
- * Records the shipment id, matching its order by orderKey (our upload_key), else by
- * orderNumber when exactly one order has it. Returns a row only when something is new:
- * the shipment was not known, or it was known and is now voided. The primary key
- * serialises two replicas applying the same shipment: the second sees the first's row.
+ * Records the shipment id and finds its order: the one whose upload_key is the shipment's
+ * orderKey (what every upload sends). Only a shipment without an orderKey is matched by
+ * orderNumber, and only when exactly one order has it: a shipment carrying another
+ * orderKey belongs to an order someone else created (another store in the same account),
+ * whatever its number. Returns a row only when something is new: the shipment was not
+ * known, or it was known and is now voided. The primary key serialises two replicas
+ * applying the same shipment: the second sees the first's row.
  */
 const RECORD_SQL = `
   WITH target AS (
     SELECT coalesce(
       (SELECT id FROM orders_inbox WHERE upload_key = $2),
-      (SELECT min(id) FROM orders_inbox WHERE order_number = $3 HAVING count(*) = 1)
+      (SELECT min(id) FROM orders_inbox
+        WHERE $2::text IS NULL AND order_number = $3 HAVING count(*) = 1)
     ) AS order_id
   )
   INSERT INTO shipstation_shipments AS s (shipment_id, order_id, voided, source)
@@ -37,20 +46,40 @@ const RECORD_SQL = `
     WHERE excluded.voided AND NOT s.voided
   RETURNING s.order_id, s.voided, (xmax = 0) AS inserted`;
 
-/** Marks the order shipped by this shipment; nothing when it already is (same id). */
+/**
+ * Marks the order shipped by this shipment, unless it already records a later one
+ * (ShipStation's ids increase): with split shipments, the order shows the newest,
+ * whichever order they were seen in.
+ */
 const SHIP_SQL = `
   UPDATE orders_inbox SET status = 'shipped', shipped_at = $2, tracking_number = $3,
     carrier_code = $4, service_code = $5, shipstation_shipment_id = $6
-  WHERE id = $1
+  WHERE id = $1 AND (shipstation_shipment_id IS NULL OR shipstation_shipment_id < $6)
   RETURNING order_number, upload_key`;
 
-/** Clears the shipment, only if the order still records this one (not a later shipment). */
+/** Locks the order before a void reads which of its shipments still stand. */
+const LOCK_ORDER_SQL = "SELECT order_number, upload_key FROM orders_inbox WHERE id = $1 FOR UPDATE";
+
+/**
+ * Takes the voided shipment off the order, only if the order still records it (not a
+ * later shipment). Another shipment of the order that still stands keeps it shipped and
+ * becomes the one it records; its tracking is not stored here, so the columns are
+ * cleared rather than left showing the voided label's. Otherwise the order goes back to
+ * awaiting_shipment. Changing shipstation_shipment_id is what keeps the re-queue rule
+ * (sql/010_orders_inbox.sql) from uploading the order again.
+ */
 const VOID_SQL = `
-  UPDATE orders_inbox SET status = 'awaiting_shipment', shipped_at = NULL,
+  WITH standing AS (
+    SELECT max(shipment_id) AS id FROM shipstation_shipments
+    WHERE order_id = $1 AND NOT voided AND shipment_id <> $2
+  )
+  UPDATE orders_inbox o SET
+    status = CASE WHEN standing.id IS NULL THEN 'awaiting_shipment' ELSE 'shipped' END,
+    shipped_at = CASE WHEN standing.id IS NULL THEN NULL ELSE o.shipped_at END,
     tracking_number = NULL, carrier_code = NULL, service_code = NULL,
-    shipstation_shipment_id = NULL
-  WHERE id = $1 AND shipstation_shipment_id = $2
-  RETURNING order_number, upload_key`;
+    shipstation_shipment_id = standing.id
+  FROM standing
+  WHERE o.id = $1 AND o.shipstation_shipment_id = $2`;
 
 const ORDER_SQL = "SELECT order_number, upload_key FROM orders_inbox WHERE id = $1";
 
@@ -58,7 +87,32 @@ const EVENT_SQL = `
   INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload)
   VALUES ('order', $1, $2, $3::jsonb)`;
 
-function eventPayload(order: { order_number: string; upload_key: string }, s: Shipment) {
+/** Deadlock and serialization failures: the whole batch is tried again, this many times in all. */
+const TRANSACTION_ATTEMPTS = 3;
+const RETRYABLE = new Set(["40P01", "40001"]);
+/**
+ * SQLSTATE classes that mean "this data cannot be stored" (data exception, integrity
+ * constraint, program limit): the batch is applied one shipment at a time instead, and
+ * only the shipment at fault is skipped.
+ */
+const DATA_ERROR_CLASSES = ["22", "23", "54"];
+
+const TEXT_FIELDS = [
+  "orderKey",
+  "orderNumber",
+  "createDate",
+  "shipDate",
+  "trackingNumber",
+  "carrierCode",
+  "serviceCode",
+] as const;
+
+interface OrderRef {
+  order_number: string;
+  upload_key: string;
+}
+
+function eventPayload(order: OrderRef, s: Shipment) {
   return JSON.stringify({
     orderNumber: order.order_number,
     orderKey: order.upload_key,
@@ -70,80 +124,159 @@ function eventPayload(order: { order_number: string; upload_key: string }, s: Sh
   });
 }
 
+const sqlState = (err: unknown) => (err as { code?: unknown }).code;
+const isDataError = (err: unknown) => {
+  const code = sqlState(err);
+  return typeof code === "string" && DATA_ERROR_CLASSES.includes(code.slice(0, 2));
+};
+
+/**
+ * Runs `fn` in a transaction on one pooled connection. Nothing here sets session state,
+ * so it works through PgBouncer in transaction mode. A connection that dies meanwhile
+ * (a restarted server, a terminated backend) is discarded instead of going back to the
+ * pool, and its error event is caught here: the pool listens only to idle connections,
+ * and an unheard error event would end the process.
+ */
+async function inTransaction<T>(pool: Pool, fn: (client: pg.PoolClient) => Promise<T>) {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  const onError = (err: Error) => {
+    broken ??= err;
+  };
+  client.on("error", onError);
+  try {
+    await client.query("BEGIN");
+    const value = await fn(client);
+    await client.query("COMMIT");
+    return value;
+  } catch (err) {
+    await client.query("ROLLBACK").catch((rollbackError: Error) => {
+      broken ??= rollbackError;
+    });
+    throw err;
+  } finally {
+    client.release(broken);
+    // A discarded connection keeps the listener: it may still report its end.
+    if (!broken) client.removeListener("error", onError);
+  }
+}
+
+/** Applies shipments in one transaction; throws (everything rolled back) on any error. */
+async function applyBatch(
+  client: pg.PoolClient,
+  shipments: readonly Shipment[],
+  source: ShipmentSource,
+): Promise<Omit<ApplyResult, "refused">> {
+  const result = { applied: 0, unchanged: 0, unmatched: [] as Shipment[] };
+  for (const s of shipments) {
+    const recorded = await client.query<{
+      order_id: string | null;
+      voided: boolean;
+      inserted: boolean;
+    }>(RECORD_SQL, [s.shipmentId, s.orderKey, s.orderNumber, s.voided, source]);
+    const row = recorded.rows[0];
+    if (!row) {
+      result.unchanged++;
+      continue;
+    }
+    if (row.order_id === null) {
+      if (row.inserted) result.unmatched.push(s);
+      else result.unchanged++;
+      continue;
+    }
+    if (row.inserted && s.voided) {
+      // First seen already voided: it never shipped the order here, nothing to undo.
+      result.unchanged++;
+      continue;
+    }
+    let order: OrderRef | undefined;
+    let event: string;
+    if (row.inserted) {
+      const shipped = await client.query<OrderRef>(SHIP_SQL, [
+        row.order_id,
+        s.createdAt ?? new Date(),
+        s.trackingNumber,
+        s.carrierCode,
+        s.serviceCode,
+        s.shipmentId,
+      ]);
+      // The order records a later shipment: this one is still news to subscribers.
+      order = shipped.rows[0] ?? (await client.query<OrderRef>(ORDER_SQL, [row.order_id])).rows[0];
+      event = "order.shipped";
+    } else {
+      // Known before and voided now. Subscribers hear of the void either way, as they
+      // heard of the shipment.
+      order = (await client.query<OrderRef>(LOCK_ORDER_SQL, [row.order_id])).rows[0];
+      if (order) await client.query(VOID_SQL, [row.order_id, s.shipmentId]);
+      event = "order.shipment_voided";
+    }
+    // No order: the app deleted it since the shipment was first recorded.
+    if (order) {
+      await client.query(EVENT_SQL, [order.upload_key, event, eventPayload(order, s)]);
+      result.applied++;
+    } else {
+      result.unchanged++;
+    }
+  }
+  return result;
+}
+
+/** One batch in one transaction, tried again on a deadlock or serialization failure. */
+async function applyWithRetry(
+  pool: Pool,
+  shipments: readonly Shipment[],
+  source: ShipmentSource,
+): Promise<Omit<ApplyResult, "refused">> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await inTransaction(pool, (client) => applyBatch(client, shipments, source));
+    } catch (err) {
+      const code = sqlState(err);
+      if (attempt >= TRANSACTION_ATTEMPTS || typeof code !== "string" || !RETRYABLE.has(code)) {
+        throw err;
+      }
+    }
+  }
+}
+
 export async function applyShipments(
   pool: Pool,
   shipments: readonly Shipment[],
   source: ShipmentSource,
 ): Promise<ApplyResult> {
-  const result: ApplyResult = { applied: 0, unchanged: 0, unmatched: [] };
-  if (shipments.length === 0) return result;
+  const result: ApplyResult = { applied: 0, unchanged: 0, unmatched: [], refused: [] };
+  // PostgreSQL text cannot hold NUL: such a shipment would fail its whole batch.
+  const storable: Shipment[] = [];
+  for (const s of shipments) {
+    const field = TEXT_FIELDS.find((f) => s[f]?.includes("\u0000"));
+    if (field) result.refused.push({ shipment: s, error: `${field} contains a NUL character` });
+    else storable.push(s);
+  }
+  if (storable.length === 0) return result;
   // One order of locks for every transaction (shipment id), so two replicas applying
-  // overlapping batches wait for each other instead of deadlocking.
-  const sorted = [...shipments].sort((a, b) => a.shipmentId - b.shipmentId);
-  const client = await pool.connect();
+  // overlapping batches mostly wait for each other instead of deadlocking; the order
+  // rows they touch in between can still cross, which the retry covers.
+  const sorted = storable.sort((a, b) => a.shipmentId - b.shipmentId);
+  const add = (part: Omit<ApplyResult, "refused">) => {
+    result.applied += part.applied;
+    result.unchanged += part.unchanged;
+    result.unmatched.push(...part.unmatched);
+  };
   try {
-    await client.query("BEGIN");
-    for (const s of sorted) {
-      const recorded = await client.query<{
-        order_id: string | null;
-        voided: boolean;
-        inserted: boolean;
-      }>(RECORD_SQL, [s.shipmentId, s.orderKey, s.orderNumber, s.voided, source]);
-      const row = recorded.rows[0];
-      if (!row) {
-        result.unchanged++;
-        continue;
-      }
-      if (row.order_id === null) {
-        if (row.inserted) result.unmatched.push(s);
-        else result.unchanged++;
-        continue;
-      }
-      if (row.inserted && s.voided) {
-        // First seen already voided: it never shipped the order here, nothing to undo.
-        result.unchanged++;
-        continue;
-      }
-      if (row.inserted) {
-        const shipped = await client.query(SHIP_SQL, [
-          row.order_id,
-          s.createdAt ?? new Date(),
-          s.trackingNumber,
-          s.carrierCode,
-          s.serviceCode,
-          s.shipmentId,
-        ]);
-        const order = shipped.rows[0];
-        if (order) {
-          await client.query(EVENT_SQL, [
-            order.upload_key,
-            "order.shipped",
-            eventPayload(order, s),
-          ]);
-          result.applied++;
-        }
-        continue;
-      }
-      // Known before and voided now. The order goes back only if this shipment is still
-      // the one it records; subscribers hear of the void either way, as they heard of
-      // the shipment.
-      const cleared = await client.query(VOID_SQL, [row.order_id, s.shipmentId]);
-      const order = cleared.rows[0] ?? (await client.query(ORDER_SQL, [row.order_id])).rows[0];
-      if (order) {
-        await client.query(EVENT_SQL, [
-          order.upload_key,
-          "order.shipment_voided",
-          eventPayload(order, s),
-        ]);
-        result.applied++;
-      }
-    }
-    await client.query("COMMIT");
+    add(await applyWithRetry(pool, sorted, source));
     return result;
   } catch (err) {
-    await client.query("ROLLBACK").catch(() => undefined);
-    throw err;
-  } finally {
-    client.release();
+    if (!isDataError(err)) throw err;
   }
+  // Something in the batch cannot be stored: nothing of it was written. Each shipment
+  // alone now, so only the one at fault is left out.
+  for (const s of sorted) {
+    try {
+      add(await applyWithRetry(pool, [s], source));
+    } catch (err) {
+      if (!isDataError(err)) throw err;
+      result.refused.push({ shipment: s, error: (err as Error).message.slice(0, 300) });
+    }
+  }
+  return result;
 }

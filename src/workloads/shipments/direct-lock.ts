@@ -25,8 +25,8 @@ export async function withDirectLock<T>(
   });
   // An error on the idle connection surfaces as the failure of the next query.
   client.on("error", () => undefined);
-  await client.connect();
   try {
+    await client.connect();
     let locked: boolean;
     if (options.waitMs) {
       await client.query(`SET lock_timeout = ${Math.max(1, Math.round(options.waitMs))}`);

@@ -10,6 +10,12 @@ import type { ApplyResult, ShipmentSource } from "./apply.js";
 
 /** A walk reads at most this many pages (500 shipments each); the next run goes on. */
 export const MAX_PAGES_PER_WALK = 20;
+/**
+ * A createDate further ahead of our clock than this is not ShipStation's clock (which may
+ * be skewed by minutes, or read in the wrong zone by hours) but a bad value: it does not
+ * move the watermark, which would otherwise skip every shipment until that date.
+ */
+export const MAX_CREATE_DATE_AHEAD_MS = 24 * 60 * 60 * 1000;
 
 export type WalkResult =
   | { kind: "done"; shipments: number; applied: number; newest: Date | null; complete: boolean }
@@ -27,14 +33,6 @@ export type WalkResult =
 
 export interface Walker {
   walk(pageUrl: (page: number) => string, source: ShipmentSource): Promise<WalkResult>;
-}
-
-/** The URL of page `page` of a listing URL (a resource_url may carry its own query). */
-export function withPage(url: string, page: number): string {
-  if (page === 1) return url;
-  const u = new URL(url);
-  u.searchParams.set("page", String(page));
-  return u.toString();
 }
 
 export function makeWalker(options: {
@@ -92,17 +90,36 @@ export function makeWalker(options: {
         shipments += res.shipments.length;
         applied += result.applied;
         options.applied(source, result.applied);
+        for (const { shipment: s, error } of result.refused) {
+          log.warn(
+            { shipmentId: s.shipmentId, orderKey: s.orderKey, source, err: error },
+            "PostgreSQL refused a shipment; skipped, the rest of the page is applied",
+          );
+        }
         for (const s of result.unmatched) {
           log.info(
             { shipmentId: s.shipmentId, orderKey: s.orderKey, orderNumber: s.orderNumber, source },
             "shipment of an order this database does not know; recorded and skipped",
           );
         }
+        const latest = Date.now() + MAX_CREATE_DATE_AHEAD_MS;
         for (const s of res.shipments) {
-          if (s.createdAt && (!newest || s.createdAt > newest)) newest = s.createdAt;
+          if (!s.createdAt) continue;
+          if (s.createdAt.getTime() > latest) {
+            log.warn(
+              { shipmentId: s.shipmentId, createDate: s.createDate, source },
+              "shipment createDate is more than a day ahead of this clock; it does not move the watermark",
+            );
+          } else if (!newest || s.createdAt > newest) newest = s.createdAt;
         }
         if (page >= res.pages) return { kind: "done", shipments, applied, newest, complete: true };
       }
+      log.warn(
+        { source, pages: MAX_PAGES_PER_WALK, shipments },
+        source === "poll"
+          ? "shipment listing has more pages than one walk reads; the next poll goes on from the new watermark"
+          : "notification lists more pages than one walk reads; the watermark poll finds the rest",
+      );
       return { kind: "done", shipments, applied, newest, complete: false };
     },
   };

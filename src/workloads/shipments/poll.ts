@@ -102,12 +102,7 @@ export function makeShipmentPoll(options: {
         { shipments: result.shipments, applied: result.applied, createDateStart },
         "shipment poll done",
       );
-      if (!result.complete) {
-        log.info(
-          { shipments: result.shipments },
-          "shipment poll read its page limit; the next poll continues from the new watermark",
-        );
-      }
+      // A walk cut short at its page limit was logged by the walker.
       return;
     }
     // Keep what was applied: pages come oldest first, so the newest seen is safe to keep.

@@ -32,6 +32,15 @@ export function makeSubscriber(options: {
       ? { state: "off", reason: "SHIPSTATION_WEBHOOK_TOKEN is not set" }
       : { state: "pending" };
   const shown = `${options.publicUrl}/hooks/shipstation/…`;
+  /**
+   * An error as it may be shown (/status, /health, logs): ShipStation may echo the
+   * target URL it refused, token and all, in its error text.
+   */
+  const hideToken = (text: string) => {
+    const token = options.token;
+    if (!token) return text;
+    return [token, encodeURIComponent(token)].reduce((t, form) => t.split(form).join("…"), text);
+  };
 
   async function subscribeLocked(target: string): Promise<SubscriptionState> {
     const client = options.account.client;
@@ -95,6 +104,7 @@ export function makeSubscriber(options: {
       } catch (err) {
         state = { state: "failed", error: (err as Error).message, at: new Date() };
       }
+      if (state.state === "failed") state = { ...state, error: hideToken(state.error) };
       if (state.state === "created")
         log.info({ url: shown, id: state.id }, "subscribed SHIP_NOTIFY");
       else if (state.state === "exists")

@@ -3,11 +3,11 @@
 // with the account (429, credentials, budget), retried on the schedule when ShipStation
 // fails, failed when the notification can never be read (a foreign URL, a 4xx).
 import type { ShipStationAccount } from "../../outbound/shipstation-account.js";
-import { isShipStationUrl } from "../../outbound/shipstation-client.js";
 import { type LeaseQueue, type Outcome, retryOrFail } from "../../reactor/lease-queue.js";
 import type { Workload } from "../../reactor/workload.js";
-import { type Walker, withPage } from "./fetch.js";
+import type { Walker } from "./fetch.js";
 import { type ClaimedNotification, SHIPMENTS_CHANNEL } from "./queue.js";
+import { listingPage, shipmentsResourceUrl } from "./resource-url.js";
 import type { ShipmentsSettings } from "./settings.js";
 
 /**
@@ -35,15 +35,13 @@ export function makeShipmentsWorkload(options: {
 
   async function processOne(row: ClaimedNotification): Promise<Outcome> {
     // The hook refuses foreign URLs before storing them; this guards rows written by
-    // anything else, so a resource_url is never fetched outside ShipStation.
-    if (!isShipStationUrl(options.baseUrl, row.resource_url)) {
-      return {
-        id: row.id,
-        kind: "failed",
-        error: "resource_url is not on SHIPSTATION_BASE_URL's origin; not fetched",
-      };
+    // anything else, so a resource_url is never fetched outside ShipStation. What is
+    // fetched is always on SHIPSTATION_BASE_URL's origin.
+    const checked = shipmentsResourceUrl(options.baseUrl, row.resource_url);
+    if (!checked.ok) {
+      return { id: row.id, kind: "failed", error: `${checked.error}; not fetched` };
     }
-    const result = await walker.walk((page) => withPage(row.resource_url, page), "webhook");
+    const result = await walker.walk((page) => listingPage(checked.fetchUrl, page), "webhook");
     const extra = { shipments: result.shipments, applied: result.applied };
     switch (result.kind) {
       case "done":
