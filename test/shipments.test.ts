@@ -46,8 +46,17 @@ describe("shipments in", () => {
     await db.drop();
   });
 
-  /** A reactor with its status server, the fake's SHIP_NOTIFY pointed at its hook. */
+  /**
+   * A reactor with its status server, the fake's SHIP_NOTIFY pointed at its hook. Returns
+   * once its start-up poll has finished: a poll still running when a test ships an order
+   * could apply the shipment before the webhook does.
+   */
   async function startWithHook(env: Record<string, string> = {}) {
+    // An hour-old last poll, so the start-up poll runs instead of skipping its turn.
+    await db.pool.query(
+      "UPDATE reactor_sync_state SET updated_at = now() - interval '1 hour' WHERE name = 'shipstation_shipments'",
+    );
+    const since = (await db.pool.query("SELECT now() AS now")).rows[0].now as Date;
     const app = await startReactor({
       databaseUrl: db.url,
       shipstationUrl: fake.url,
@@ -64,6 +73,16 @@ describe("shipments in", () => {
       active: true,
       friendlyName: "test",
     } as (typeof fake.webhooks)[number]);
+    await waitFor(
+      async () =>
+        (
+          await db.pool.query(
+            "SELECT 1 FROM reactor_sync_state WHERE name = 'shipstation_shipments' AND updated_at >= $1",
+            [since],
+          )
+        ).rows.length === 1,
+      { what: "start-up poll" },
+    );
     return { app, base };
   }
 
