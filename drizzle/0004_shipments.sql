@@ -25,6 +25,10 @@ CREATE TABLE "shipstation_shipments" (
 	"shipment_id" bigint PRIMARY KEY NOT NULL,
 	"order_id" bigint,
 	"voided" boolean DEFAULT false NOT NULL,
+	"shipped_at" timestamp with time zone,
+	"tracking_number" text,
+	"carrier_code" text,
+	"service_code" text,
 	"source" text NOT NULL,
 	"applied_at" timestamp with time zone DEFAULT now() NOT NULL,
 	"updated_at" timestamp with time zone DEFAULT now() NOT NULL

@@ -13,11 +13,13 @@ LANGUAGE plpgsql AS $$
 BEGIN
   IF (NEW.status, NEW.payload, NEW.order_number, NEW.order_key)
      IS DISTINCT FROM (OLD.status, OLD.payload, OLD.order_number, OLD.order_key) THEN
-    NEW.updated_at := clock_timestamp();
     -- A change that records or clears a shipment came from ShipStation (the shipments
-    -- workload): there is nothing to send back.
+    -- workload): there is nothing to send back, and an upload in flight is not stale.
+    IF NEW.shipstation_shipment_id IS DISTINCT FROM OLD.shipstation_shipment_id THEN
+      RETURN NEW;
+    END IF;
+    NEW.updated_at := clock_timestamp();
     IF NEW.status <> 'shipped'
-       AND NEW.shipstation_shipment_id IS NOT DISTINCT FROM OLD.shipstation_shipment_id
        AND OLD.upload_state IN ('uploaded', 'failed')
        AND NEW.upload_state = OLD.upload_state THEN
       NEW.upload_state := 'pending';

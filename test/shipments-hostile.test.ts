@@ -799,12 +799,12 @@ describe("applying shipments", () => {
       newer.shipmentId,
       older.shipmentId,
     ]);
-    // The label the order shows is voided: the older shipment still stands.
+    // The label the order shows is voided: the older shipment still stands, with its tracking.
     await applyShipments(db.pool, [{ ...newer, voided: true }], "webhook");
     expect(await orderRow(order.id)).toMatchObject({
       status: "shipped",
       shipment: older.shipmentId,
-      tracking_number: null,
+      tracking_number: older.trackingNumber,
     });
     await applyShipments(db.pool, [{ ...older, voided: true }], "webhook");
     expect(await orderRow(order.id)).toMatchObject({
@@ -1057,12 +1057,10 @@ describe("the watermark poll", () => {
 });
 
 describe("a shipment and an upload of the same order", () => {
-  // Skipped until sql/010_orders_inbox.sql changes (outside this workload's files): the
-  // re-queue trigger stamps updated_at for a shipment too, so the upload in flight sees a
-  // new version at finalize, is sent again, and its claim then fails it ("status 'shipped'
-  // is not sent"). The fix: reactor_orders_before_update returns NEW unchanged (no stamp,
-  // no re-queue) when NEW.shipstation_shipment_id IS DISTINCT FROM OLD's.
-  it.skip("a shipment applied while the order's re-upload is in flight does not send it again or fail it", async () => {
+  // The re-queue trigger (sql/010_orders_inbox.sql) leaves a shipment's change alone: no
+  // new version stamp, so the upload in flight is not sent again, nor failed at its claim
+  // ("status 'shipped' is not sent").
+  it("a shipment applied while the order's re-upload is in flight does not send it again or fail it", async () => {
     await startWithHook();
     const { rows } = await db.pool.query<{ id: string; upload_key: string }>(
       `INSERT INTO orders_inbox (order_number, payload) VALUES ($1, $2::jsonb) RETURNING id, upload_key`,

@@ -245,6 +245,14 @@ export const shipstationShipments = pgTable(
      */
     orderId: bigint("order_id", { mode: "number" }),
     voided: boolean("voided").notNull().default(false),
+    /**
+     * What the shipment said, so that voiding one of an order's split shipments can put
+     * the one still standing back on the order.
+     */
+    shippedAt: tz("shipped_at"),
+    trackingNumber: text("tracking_number"),
+    carrierCode: text("carrier_code"),
+    serviceCode: text("service_code"),
     /** webhook or poll: which path saw it first. */
     source: text("source").notNull(),
     appliedAt: tz("applied_at").notNull().defaultNow(),

@@ -40,8 +40,9 @@ const RECORD_SQL = `
         WHERE $2::text IS NULL AND order_number = $3 HAVING count(*) = 1)
     ) AS order_id
   )
-  INSERT INTO shipstation_shipments AS s (shipment_id, order_id, voided, source)
-  SELECT $1, order_id, $4, $5 FROM target
+  INSERT INTO shipstation_shipments AS s (shipment_id, order_id, voided, source,
+    shipped_at, tracking_number, carrier_code, service_code)
+  SELECT $1, order_id, $4, $5, $6, $7, $8, $9 FROM target
   ON CONFLICT (shipment_id) DO UPDATE SET voided = true, updated_at = now()
     WHERE excluded.voided AND NOT s.voided
   RETURNING s.order_id, s.voided, (xmax = 0) AS inserted`;
@@ -62,22 +63,24 @@ const LOCK_ORDER_SQL = "SELECT order_number, upload_key FROM orders_inbox WHERE 
 
 /**
  * Takes the voided shipment off the order, only if the order still records it (not a
- * later shipment). Another shipment of the order that still stands keeps it shipped and
- * becomes the one it records; its tracking is not stored here, so the columns are
- * cleared rather than left showing the voided label's. Otherwise the order goes back to
+ * later shipment). The newest other shipment of the order that still stands keeps it
+ * shipped, with that shipment's tracking; with none, the order goes back to
  * awaiting_shipment. Changing shipstation_shipment_id is what keeps the re-queue rule
  * (sql/010_orders_inbox.sql) from uploading the order again.
  */
 const VOID_SQL = `
   WITH standing AS (
-    SELECT max(shipment_id) AS id FROM shipstation_shipments
-    WHERE order_id = $1 AND NOT voided AND shipment_id <> $2
+    SELECT (SELECT ss FROM shipstation_shipments ss
+            WHERE ss.order_id = $1 AND NOT ss.voided AND ss.shipment_id <> $2
+            ORDER BY ss.shipment_id DESC LIMIT 1) AS ss
   )
   UPDATE orders_inbox o SET
-    status = CASE WHEN standing.id IS NULL THEN 'awaiting_shipment' ELSE 'shipped' END,
-    shipped_at = CASE WHEN standing.id IS NULL THEN NULL ELSE o.shipped_at END,
-    tracking_number = NULL, carrier_code = NULL, service_code = NULL,
-    shipstation_shipment_id = standing.id
+    status = CASE WHEN (standing.ss).shipment_id IS NULL THEN 'awaiting_shipment' ELSE 'shipped' END,
+    shipped_at = (standing.ss).shipped_at,
+    tracking_number = (standing.ss).tracking_number,
+    carrier_code = (standing.ss).carrier_code,
+    service_code = (standing.ss).service_code,
+    shipstation_shipment_id = (standing.ss).shipment_id
   FROM standing
   WHERE o.id = $1 AND o.shipstation_shipment_id = $2`;
 
@@ -173,7 +176,17 @@ async function applyBatch(
       order_id: string | null;
       voided: boolean;
       inserted: boolean;
-    }>(RECORD_SQL, [s.shipmentId, s.orderKey, s.orderNumber, s.voided, source]);
+    }>(RECORD_SQL, [
+      s.shipmentId,
+      s.orderKey,
+      s.orderNumber,
+      s.voided,
+      source,
+      s.createdAt ?? new Date(),
+      s.trackingNumber,
+      s.carrierCode,
+      s.serviceCode,
+    ]);
     const row = recorded.rows[0];
     if (!row) {
       result.unchanged++;
