@@ -60,13 +60,7 @@ async function webhookPath() {
       env: { SHIPSTATION_WEBHOOK_TOKEN: TOKEN },
     });
     server = await startStatusServer(app, app.logger);
-    fake.webhooks.push({
-      id: 1,
-      url: `${serverUrl(server)}/hooks/shipstation/${TOKEN}`,
-      event: "SHIP_NOTIFY",
-      active: true,
-      friendlyName: "bench",
-    } as (typeof fake.webhooks)[number]);
+    fake.addWebhook(`${serverUrl(server)}/hooks/shipstation/${TOKEN}`, "bench");
     const keys = await insertUploaded(db, "wh-", N);
     const toRow: number[] = [];
     const toSubscriber: number[] = [];

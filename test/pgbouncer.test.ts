@@ -204,13 +204,7 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
       [ids],
     );
     const keys = keyed.map((r) => r.upload_key as string);
-    fake.webhooks.push({
-      id: 1,
-      url: `${serverUrl(server)}/hooks/shipstation/${token}`,
-      event: "SHIP_NOTIFY",
-      active: true,
-      friendlyName: "pgbouncer test",
-    } as (typeof fake.webhooks)[number]);
+    fake.addWebhook(`${serverUrl(server)}/hooks/shipstation/${token}`, "pgbouncer test");
     // Half by webhook, in batches of 20; half only the poll can find.
     for (let i = 0; i < 100; i += 20) await fake.ship(keys.slice(i, i + 20));
     await fake.ship(keys.slice(100), { notify: false });
@@ -230,7 +224,11 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
     expect(rows[0]).toEqual({ events: 200, orders: 200 });
     const drainErrors = await Promise.all(apps.map((app) => metricTotal(app.metrics.drainErrors)));
     expect(drainErrors).toEqual([0, 0]);
+    // The fake is shared by the file: its shipments (order keys 1…200) would otherwise be
+    // found by the next test's start-up poll and ship that database's orders 1…5.
     fake.webhooks.length = 0;
+    fake.shipments.length = 0;
+    fake.batches.clear();
   });
 
   it("failing drains make /health/ready 503 and count in /metrics, and both recover once fixed", async (ctx) => {

@@ -91,13 +91,7 @@ async function startWithHook(
   const server = await startStatusServer(app, app.logger);
   servers.push(server);
   const base = serverUrl(server);
-  fake.webhooks.push({
-    id: fake.webhooks.length + 1,
-    url: `${base}/hooks/shipstation/${TOKEN}`,
-    event: "SHIP_NOTIFY",
-    active: true,
-    friendlyName: "hostile",
-  });
+  fake.addWebhook(`${base}/hooks/shipstation/${TOKEN}`, "hostile");
   if (options.waitForPoll ?? true) {
     await waitFor(
       async () =>

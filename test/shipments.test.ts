@@ -66,13 +66,7 @@ describe("shipments in", () => {
     const server = await startStatusServer(app, app.logger);
     servers.push(server);
     const base = serverUrl(server);
-    fake.webhooks.push({
-      id: fake.webhooks.length + 1,
-      url: `${base}/hooks/shipstation/${TOKEN}`,
-      event: "SHIP_NOTIFY",
-      active: true,
-      friendlyName: "test",
-    } as (typeof fake.webhooks)[number]);
+    fake.addWebhook(`${base}/hooks/shipstation/${TOKEN}`, "test");
     await waitFor(
       async () =>
         (

@@ -71,13 +71,7 @@ async function main() {
     say(`2. reactor running; status server at ${base}`);
     // In production PUBLIC_URL makes the reactor subscribe SHIP_NOTIFY itself; the demo's
     // server port is only known now, so it points the fake's subscription at the hook.
-    fake.webhooks.push({
-      id: 1,
-      url: `${base}/hooks/shipstation/${DEMO_HOOK_TOKEN}`,
-      event: "SHIP_NOTIFY",
-      active: true,
-      friendlyName: "demo",
-    } as (typeof fake.webhooks)[number]);
+    fake.addWebhook(`${base}/hooks/shipstation/${DEMO_HOOK_TOKEN}`, "demo");
 
     const sql = new pg.Client({ connectionString: db.url });
     await sql.connect();

@@ -125,6 +125,12 @@ export interface FakeShipStation {
    * answered or failed.
    */
   ship(orderKeys: string | string[], options?: ShipOptions): Promise<ShipStationShipmentJson[]>;
+  /**
+   * Subscribes SHIP_NOTIFY to `targetUrl` as POST /webhooks/subscribe would (without
+   * counting a subscribe call): for tests and the demo, whose hook URL is known only once
+   * their server listens.
+   */
+  addWebhook(targetUrl: string, friendlyName?: string): FakeWebhook;
   /** Voids a shipment; with notify (default true), sends SHIP_NOTIFY for a new batch holding it. */
   voidShipment(
     shipmentId: number,
@@ -349,6 +355,12 @@ export async function startFakeShipStation(
     );
   }
 
+  function addWebhook(url: string, friendlyName: string, event = "SHIP_NOTIFY"): FakeWebhook {
+    const webhook = { id: nextWebhookId++, url, event, active: true, friendlyName };
+    fake.webhooks.push(webhook);
+    return webhook;
+  }
+
   function subscribe(res: ServerResponse, body: string) {
     let input: Record<string, unknown>;
     try {
@@ -364,14 +376,11 @@ export async function startFakeShipStation(
     if (typeof input.event !== "string" || !EVENTS.includes(input.event)) {
       return invalid(res, "event", `event must be one of ${EVENTS.join(", ")}.`);
     }
-    const id = nextWebhookId++;
-    fake.webhooks.push({
-      id,
-      url: target,
-      event: input.event,
-      active: true,
-      friendlyName: typeof input.friendly_name === "string" ? input.friendly_name : "",
-    });
+    const { id } = addWebhook(
+      target,
+      typeof input.friendly_name === "string" ? input.friendly_name : "",
+      input.event,
+    );
     send(res, 201, { id });
   }
 
@@ -511,6 +520,7 @@ export async function startFakeShipStation(
       if (shipOptions.notify ?? true) await notify(batchId);
       return created;
     },
+    addWebhook: (targetUrl: string, friendlyName = "test") => addWebhook(targetUrl, friendlyName),
     async voidShipment(shipmentId: number, voidOptions: { notify?: boolean } = {}) {
       const shipment = fake.shipments.find((s) => s?.shipmentId === shipmentId) as
         | ShipStationShipmentJson

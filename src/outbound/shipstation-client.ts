@@ -49,6 +49,17 @@ export type CreateOrdersResponse =
   | ShipStationError;
 
 /** A shipment as the shipments workload needs it; other ShipStation fields are dropped. */
+/** The text fields of a Shipment (each a string or null). */
+export const SHIPMENT_TEXT_FIELDS = [
+  "orderKey",
+  "orderNumber",
+  "createDate",
+  "shipDate",
+  "trackingNumber",
+  "carrierCode",
+  "serviceCode",
+] as const;
+
 export interface Shipment {
   /** Always a positive safe integer. */
   shipmentId: number;
@@ -375,15 +386,7 @@ function readShipment(entry: unknown): Shipment | string {
     problems.push(`orderId must be an integer or null (got ${describeType(orderId)})`);
   }
   const text: Record<string, string | null> = {};
-  for (const field of [
-    "orderKey",
-    "orderNumber",
-    "createDate",
-    "shipDate",
-    "trackingNumber",
-    "carrierCode",
-    "serviceCode",
-  ] as const) {
+  for (const field of SHIPMENT_TEXT_FIELDS) {
     const v = optionalText(e[field]);
     if (v === undefined) problems.push(`${field} must be text (got ${describeType(e[field])})`);
     else text[field] = v;

@@ -8,7 +8,7 @@
 // A shipment PostgreSQL cannot store is skipped alone, never the page it came in.
 import type pg from "pg";
 import type { Pool } from "../../db/pool.js";
-import type { Shipment } from "../../outbound/shipstation-client.js";
+import { SHIPMENT_TEXT_FIELDS, type Shipment } from "../../outbound/shipstation-client.js";
 
 export type ShipmentSource = "webhook" | "poll";
 
@@ -99,16 +99,6 @@ const RETRYABLE = new Set(["40P01", "40001"]);
  * only the shipment at fault is skipped.
  */
 const DATA_ERROR_CLASSES = ["22", "23", "54"];
-
-const TEXT_FIELDS = [
-  "orderKey",
-  "orderNumber",
-  "createDate",
-  "shipDate",
-  "trackingNumber",
-  "carrierCode",
-  "serviceCode",
-] as const;
 
 interface OrderRef {
   order_number: string;
@@ -261,7 +251,7 @@ export async function applyShipments(
   // PostgreSQL text cannot hold NUL: such a shipment would fail its whole batch.
   const storable: Shipment[] = [];
   for (const s of shipments) {
-    const field = TEXT_FIELDS.find((f) => s[f]?.includes("\u0000"));
+    const field = SHIPMENT_TEXT_FIELDS.find((f) => s[f]?.includes("\u0000"));
     if (field) result.refused.push({ shipment: s, error: `${field} contains a NUL character` });
     else storable.push(s);
   }
