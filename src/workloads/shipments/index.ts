@@ -23,6 +23,8 @@ export const shipmentsModule: WorkloadModule<typeof SHIPMENTS_SETTINGS> = {
   failedRows: {
     columns: "t.id, t.resource_type, t.resource_url, t.attempts, t.last_error, t.received_at",
     filters: {},
+    // created_after/created_before compare the time the hook received the notification.
+    createdColumn: "received_at",
   },
   create(ctx) {
     const registers = [ctx.metrics.registry];

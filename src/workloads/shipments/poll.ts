@@ -33,7 +33,7 @@ export const STALE_INTERVALS = 3;
 
 export interface SyncState {
   watermark: Date | null;
-  /** When a poll last finished (any replica). */
+  /** When a poll last finished (any replica), on this process's clock. */
   polledAt: Date | null;
 }
 
@@ -61,12 +61,19 @@ export function makeShipmentPoll(options: {
   const intervalMs = () => settings.shipment_sync_interval_seconds * 1000;
 
   async function read(): Promise<SyncState> {
-    const { rows } = await pool.query<{ watermark: Date | null; updated_at: Date }>(
-      "SELECT watermark, updated_at FROM reactor_sync_state WHERE name = $1",
+    // The age is computed by the database, whose clock wrote updated_at, and turned into
+    // this process's time: a skew between the two clocks cannot make a poll look recent
+    // forever (and skip every turn) or stale.
+    const { rows } = await pool.query<{ watermark: Date | null; age_ms: number }>(
+      `SELECT watermark, (extract(epoch FROM now() - updated_at) * 1000)::float8 AS age_ms
+       FROM reactor_sync_state WHERE name = $1`,
       [SYNC_NAME],
     );
     const row = rows[0];
-    known = { watermark: row?.watermark ?? null, polledAt: row?.updated_at ?? null };
+    known = {
+      watermark: row?.watermark ?? null,
+      polledAt: row ? new Date(Date.now() - Math.max(0, Number(row.age_ms))) : null,
+    };
     return known;
   }
 
