@@ -191,13 +191,23 @@ program
   .action(() => withPool(async (pool) => print(await status(pool))));
 
 const rowNames = WORKLOADS.map((m) => m.rows);
+/**
+ * "orders, deliveries or notifications (workload uploads → orders, shipments →
+ * notifications)": `status` counts rows under workload names, so where the two differ
+ * the refusal says which is which.
+ */
+const rowChoices = (() => {
+  const list = rowNames.join(", ").replace(/, ([^,]*)$/, " or $1");
+  const renamed = WORKLOADS.filter((m) => m.rows !== m.name).map((m) => `${m.name} → ${m.rows}`);
+  return renamed.length ? `${list} (workload ${renamed.join(", ")})` : list;
+})();
 program
   .command("retry")
   .description(
     "put failed rows back to pending (the reactors pick them up at once); say which: --id, --error-contains or --all",
   )
-  .requiredOption("--failed <rows>", rowNames.join(" or "), (v) => {
-    if (!rowNames.includes(v)) throw new InvalidArgumentError(`expected ${rowNames.join(" or ")}`);
+  .requiredOption("--failed <rows>", `whose failed rows: ${rowChoices}`, (v) => {
+    if (!rowNames.includes(v)) throw new InvalidArgumentError(`expected ${rowChoices}`);
     return v;
   })
   .addOption(
@@ -217,7 +227,7 @@ program
     (opts: { failed: string; id?: number; errorContains?: string; all?: boolean; limit: number }) =>
       withPool(async (pool) => {
         const module = WORKLOADS.find((m) => m.rows === opts.failed);
-        if (!module) throw new CliError(`expected ${rowNames.join(" or ")}`);
+        if (!module) throw new CliError(`expected ${rowChoices}`);
         const rows = makeFailedRows(pool, module.queue(pool).spec, {
           columns: "t.id",
           allowedEquals: {},

@@ -5,6 +5,7 @@
 import { once } from "node:events";
 import { type AddressInfo, createServer, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SETTINGS, WORKLOADS } from "../src/workloads/index.js";
 import { createTestDatabase, type TestDatabase, validPayload } from "./helpers/db.js";
 import { spawnEntry } from "./helpers/process.js";
 
@@ -117,6 +118,80 @@ describe("CLI", () => {
     const all = await cli(["retry", "--failed", "orders", "--all"], env);
     expect(all.code, all.output).toBe(0);
     expect(await stateOf(b)).toBe("pending");
+  });
+
+  it("status shows every workload of the list, shipments included, and every setting with its value", async () => {
+    const r = await cli(["status"], env);
+    expect(r.code, r.output).toBe(0);
+    const status = JSON.parse(r.output);
+    expect(Object.keys(status.workloads)).toEqual(WORKLOADS.map((m) => m.name));
+    expect(Object.keys(status.workloads)).toContain("shipments");
+    expect(Object.keys(status.settings)).toEqual(Object.keys(SETTINGS));
+    expect(status.settings).toMatchObject({
+      shipments_enabled: "true",
+      shipment_sync_interval_seconds: "120",
+      upload_rate_limit_per_minute: "40",
+    });
+    expect(status.invalidSettings).toEqual([]);
+  });
+
+  it("retry --failed notifications: --id (missing, not failed, failed), --error-contains and --all, like the other rows", async () => {
+    const { rows } = await db.pool.query<{ id: number }>(
+      `INSERT INTO shipstation_notifications (resource_type, resource_url, state, last_error)
+       VALUES ('SHIP_NOTIFY', 'https://ssapi.shipstation.com/shipments?batchId=1', 'failed', 'HTTP 503 from ShipStation'),
+              ('SHIP_NOTIFY', 'https://ssapi.shipstation.com/shipments?batchId=2', 'failed', 'HTTP 400: bad batch'),
+              ('SHIP_NOTIFY', 'https://ssapi.shipstation.com/shipments?batchId=3', 'failed', 'HTTP 400: bad batch'),
+              ('SHIP_NOTIFY', 'https://ssapi.shipstation.com/shipments?batchId=4', 'done', NULL)
+       RETURNING id::int AS id`,
+    );
+    const [first, second, third, done] = rows.map((r) => r.id) as [number, number, number, number];
+    const stateOfNotification = async (id: number) =>
+      (await db.pool.query("SELECT state FROM shipstation_notifications WHERE id = $1", [id]))
+        .rows[0]?.state;
+
+    const [missing, notFailed, one] = await Promise.all([
+      cli(["retry", "--failed", "notifications", "--id", "999999999"], env),
+      cli(["retry", "--failed", "notifications", "--id", String(done)], env),
+      cli(["retry", "--failed", "notifications", "--id", String(first)], env),
+    ]);
+    expectOneLineError(missing, /^pg-reactor: no notifications row with id 999999999$/);
+    expectOneLineError(
+      notFailed,
+      new RegExp(
+        `^pg-reactor: notifications row ${done} is done, not failed; only failed rows can be retried$`,
+      ),
+    );
+    expect(one.output).toBe(`retried notifications row ${first}\n`);
+    expect(await stateOfNotification(first)).toBe("pending");
+
+    expectOneLineError(
+      await cli(["retry", "--failed", "notifications"], env),
+      /^pg-reactor: say which failed rows to retry: --id <id>, --error-contains <text> or --all$/,
+    );
+    const some = await cli(
+      ["retry", "--failed", "notifications", "--error-contains", "BAD BATCH", "--limit", "1"],
+      env,
+    );
+    expect(some.output).toBe("retried 1 failed notifications\n");
+    expect([await stateOfNotification(second), await stateOfNotification(third)]).toEqual([
+      "pending",
+      "failed",
+    ]);
+    const all = await cli(["retry", "--failed", "notifications", "--all"], env);
+    expect(all.output).toBe("retried 1 failed notifications\n");
+    expect(await stateOfNotification(third)).toBe("pending");
+    expect(await stateOfNotification(done)).toBe("done");
+  });
+
+  it("retry --failed with an unknown kind of row names the choices, and which workload's rows they are", async () => {
+    for (const kind of ["bogus", "shipments"]) {
+      expectOneLineError(
+        await cli(["retry", "--failed", kind, "--all"], env),
+        new RegExp(
+          `^error: option '--failed <rows>' argument '${kind}' is invalid\\. expected orders, deliveries or notifications \\(workload uploads → orders, shipments → notifications\\)$`,
+        ),
+      );
+    }
   });
 
   it("subscriptions add refuses private addresses unless allowed, by the same policy as deliveries", async () => {
@@ -262,6 +337,49 @@ describe("CLI", () => {
       await locker.query("ROLLBACK");
       locker.release();
     }
+  });
+
+  it.each([
+    [
+      "SHIPSTATION_WEBHOOK_TOKEN",
+      "TopSecret-123",
+      /^pg-reactor: SHIPSTATION_WEBHOOK_TOKEN must be 24-200 characters of letters, digits, _ and - \(it is a URL path segment and a secret\)$/,
+    ],
+    [
+      "SHIPSTATION_WEBHOOK_TOKEN",
+      "TopSecret-123/with-a-slash-in-the-middle",
+      /^pg-reactor: SHIPSTATION_WEBHOOK_TOKEN must be 24-200 characters/,
+    ],
+    [
+      "PUBLIC_URL",
+      "ftp://reactor.example.com",
+      /^pg-reactor: PUBLIC_URL must be an http:\/\/ or https:\/\/ URL.*, got "ftp:\/\/reactor\.example\.com"$/,
+    ],
+    [
+      "PUBLIC_URL",
+      "reactor.example.com",
+      /^pg-reactor: PUBLIC_URL must be an http:\/\/ or https:\/\/ URL.*, got "reactor\.example\.com"$/,
+    ],
+  ])(
+    "a bad %s is one line naming it, and a token is never echoed",
+    async (name, value, message) => {
+      const r = await cli(["status"], { DATABASE_URL: db.url, [name]: value });
+      expectOneLineError(r, message);
+      expect(r.output).not.toContain("TopSecret-123");
+    },
+  );
+
+  // Skipped until src/config/env.ts refuses them: PUBLIC_URL is the base of the
+  // SHIP_NOTIFY target, which is logged (a password would be) and gets the hook's path
+  // appended (after a query or a fragment, the token would land in them).
+  it.skip.each([
+    ["https://user:TopSecret-123@reactor.example.com"],
+    ["https://reactor.example.com/?via=proxy"],
+    ["https://reactor.example.com/#hooks"],
+  ])("PUBLIC_URL %s (credentials, a query or a fragment) is refused in one line", async (value) => {
+    const r = await cli(["status"], { DATABASE_URL: db.url, PUBLIC_URL: value });
+    expectOneLineError(r, /^pg-reactor: PUBLIC_URL must be an http:\/\/ or https:\/\/ URL/);
+    expect(r.output).not.toContain("TopSecret-123");
   });
 
   it.each([

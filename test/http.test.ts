@@ -164,7 +164,16 @@ describe("status server", () => {
     expect((await api("/admin/subscriptions", { token: "wrong-token-wrong-token" })).status).toBe(
       401,
     );
-    expect((await api("/admin/orders/failed", { token: null })).status).toBe(401);
+    for (const rows of ["orders", "deliveries", "notifications"]) {
+      expect((await api(`/admin/${rows}/failed`, { token: null })).status).toBe(401);
+      expect((await api(`/admin/${rows}/1/retry`, { method: "POST", token: null })).status).toBe(
+        401,
+      );
+      expect(
+        (await api(`/admin/${rows}/retry`, { method: "POST", json: { all: true }, token: null }))
+          .status,
+      ).toBe(401);
+    }
     const ok = await api("/admin/subscriptions");
     expect(ok.status).toBe(200);
   });
@@ -243,7 +252,7 @@ describe("status server", () => {
       "POST",
       "/admin/subscriptions",
       { url: "https://example.com", colour: "red" },
-      /must NOT have additional properties/,
+      /^body\/colour is not a field of this route \(must NOT have additional properties\)$/,
     ],
     [
       "POST",
@@ -261,7 +270,44 @@ describe("status server", () => {
     ["PATCH", "/admin/subscriptions/1", {}, /body must NOT have fewer than 1 properties/],
     ["GET", "/admin/subscriptions/abc", undefined, /params\/id must be integer/],
     ["GET", "/admin/orders/failed?limit=0", undefined, /querystring\/limit must be >= 1/],
-    ["POST", "/admin/orders/retry", {}, /body must NOT have fewer than 1 properties/],
+    [
+      "POST",
+      "/admin/orders/retry",
+      {},
+      /^body needs a filter: one of all, ids, error_contains, created_after, created_before, status, order_number$/,
+    ],
+    [
+      "GET",
+      "/admin/notifications/failed?status=failed",
+      undefined,
+      /^querystring\/status is not a field of this route/,
+    ],
+    [
+      "POST",
+      "/admin/notifications/retry",
+      { event_type: "order.shipped" },
+      /^body\/event_type is not a field of this route/,
+    ],
+    [
+      "POST",
+      "/admin/notifications/retry",
+      {},
+      /^body needs a filter: one of all, ids, error_contains, created_after, created_before$/,
+    ],
+    ["POST", "/admin/deliveries/retry", { all: false }, /^body\/all must be true$/],
+    [
+      "GET",
+      "/admin/notifications/failed?created_after=2026-01-01T00:00:00+01:00",
+      undefined,
+      /^querystring\/created_after must be a date-time with a zone, such as 2026-01-31T00:00:00Z \(in a query string, write \+ as %2B\)$/,
+    ],
+    [
+      "POST",
+      "/admin/notifications/retry",
+      { created_before: "yesterday" },
+      /^body\/created_before must be a date-time with a zone, such as 2026-01-31T00:00:00Z$/,
+    ],
+    ["POST", "/admin/notifications/abc/retry", undefined, /^params\/id must be integer$/],
     [
       "POST",
       "/admin/orders/retry",
@@ -704,6 +750,9 @@ describe("admin API under hostile input", () => {
     try {
       // A row of each kind, so filters and retries have something to touch.
       await insertOrders(db.pool, 2, { prefix: "fuzz" });
+      await db.pool.query(
+        "INSERT INTO shipstation_notifications (resource_type, resource_url, state, last_error) VALUES ('SHIP_NOTIFY', 'http://127.0.0.1:9/shipments?batchId=1', 'failed', 'fuzz')",
+      );
       await db.pool.query("INSERT INTO webhook_subscriptions (url, secret) VALUES ($1, $2)", [
         `${receiver.url}/fuzz`,
         `whsec_${Buffer.alloc(32, 1).toString("base64")}`,
@@ -734,6 +783,10 @@ describe("admin API under hostile input", () => {
             "event_type",
           ],
         ],
+        [
+          "/admin/notifications/failed",
+          ["limit", "after_id", "error_contains", "created_after", "created_before"],
+        ],
         ["/admin/subscriptions", ["limit", "after_id", "enabled"]],
       ];
       for (const [path, keys] of queryRoutes) {
@@ -749,6 +802,7 @@ describe("admin API under hostile input", () => {
       const paramRoutes: Array<[string, string, string | undefined]> = [
         ["POST", "/admin/orders/:id/retry", undefined],
         ["POST", "/admin/deliveries/:id/retry", undefined],
+        ["POST", "/admin/notifications/:id/retry", undefined],
         ["GET", "/admin/subscriptions/:id", undefined],
         ["PATCH", "/admin/subscriptions/:id", '{"enabled":false}'],
         ["DELETE", "/admin/subscriptions/:id", undefined],
@@ -791,6 +845,12 @@ describe("admin API under hostile input", () => {
             "subscription_id",
             "event_type",
           ],
+        ],
+        [
+          "POST",
+          "/admin/notifications/retry",
+          { ids: [999999] },
+          ["all", "ids", "error_contains", "created_after", "created_before", "limit"],
         ],
         [
           "POST",

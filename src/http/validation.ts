@@ -31,20 +31,35 @@ export function notFound(reply: FastifyReply, message: string) {
 }
 
 /**
- * Schema errors as `querystring/field must …`, like Fastify's own, but in words for the
- * NUL rule instead of the pattern that states it.
+ * One schema error as `querystring/field must …`, like Fastify's own, but always naming
+ * the field at fault (Ajv names an unknown field only in its params) and in words where
+ * Ajv states a rule (the NUL pattern, a constant, the date-time format).
  */
+function schemaError(e: FastifySchemaValidationError, dataVar: string): string {
+  const field = `${dataVar}${e.instancePath}`;
+  const params = e.params as Record<string, unknown>;
+  switch (e.keyword) {
+    case "additionalProperties":
+      return `${field}/${String(params.additionalProperty)} is not a field of this route (must NOT have additional properties)`;
+    case "pattern":
+      if (params.pattern === NO_NUL) return `${field} must not contain NUL characters`;
+      break;
+    case "const":
+      return `${field} must be ${JSON.stringify(params.allowedValue)}`;
+    case "format":
+      if (params.format === "date-time") {
+        // A literal + in a query string arrives as a space: the usual reason an offset fails.
+        const plus = dataVar === "querystring" ? " (in a query string, write + as %2B)" : "";
+        return `${field} must be a date-time with a zone, such as 2026-01-31T00:00:00Z${plus}`;
+      }
+      break;
+  }
+  return `${field} ${e.message}`;
+}
+
+/** Schema errors in words that name the field; see schemaError. */
 export function schemaErrors(errors: FastifySchemaValidationError[], dataVar: string): Error {
-  return new Error(
-    errors
-      .map((e) => {
-        const field = `${dataVar}${e.instancePath}`;
-        return e.keyword === "pattern" && e.params.pattern === NO_NUL
-          ? `${field} must not contain NUL characters`
-          : `${field} ${e.message}`;
-      })
-      .join(", "),
-  );
+  return new Error(errors.map((e) => schemaError(e, dataVar)).join(", "));
 }
 
 /**
