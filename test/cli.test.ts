@@ -369,10 +369,10 @@ describe("CLI", () => {
     },
   );
 
-  // Skipped until src/config/env.ts refuses them: PUBLIC_URL is the base of the
-  // SHIP_NOTIFY target, which is logged (a password would be) and gets the hook's path
-  // appended (after a query or a fragment, the token would land in them).
-  it.skip.each([
+  // PUBLIC_URL is the base of the SHIP_NOTIFY target, which is logged (a password would
+  // be) and gets the hook's path appended (after a query or a fragment, the token would
+  // land in them).
+  it.each([
     ["https://user:TopSecret-123@reactor.example.com"],
     ["https://reactor.example.com/?via=proxy"],
     ["https://reactor.example.com/#hooks"],

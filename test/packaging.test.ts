@@ -302,7 +302,7 @@ describe("the CLI", () => {
 
   it("bad arguments fail with a clear message and exit 1", async () => {
     const r = (await cli("retry", "--failed", "everything")) as { stderr: string; code?: number };
-    expect(r.stderr).toMatch(/expected orders or deliveries/);
+    expect(r.stderr).toMatch(/expected orders, deliveries or notifications/);
     expect(r.code).toBe(1);
     const missing = (await cli("subscriptions", "rotate", "999999")) as {
       stderr: string;

@@ -20,6 +20,21 @@ const httpUrl = z.string().refine((v) => /^https?:\/\//.test(v) && URL.canParse(
   message: "an http:// or https:// URL",
 });
 /**
+ * PUBLIC_URL gets the hook's path appended and is logged (without the token): no
+ * credentials (they would be logged), no query or fragment (the token would land in them).
+ */
+const publicUrl = z.string().refine(
+  (v) => {
+    if (!/^https?:\/\//.test(v) || !URL.canParse(v) || /[?#]/.test(v)) return false;
+    const u = new URL(v);
+    return u.username === "" && u.password === "";
+  },
+  {
+    message:
+      "an http:// or https:// URL without user:password@, query or fragment (the hook's path is appended to it)",
+  },
+);
+/**
  * One entry of WEBHOOK_ALLOWED_NETWORKS in canonical `address/prefix` form, or null. An
  * address alone is its own network (/32 or /128). IPv4 must be four decimal parts: the
  * shorthand forms ipaddr.js also accepts (`127.1`, hex, octal) would hide what is allowed.
@@ -79,7 +94,7 @@ const schema = {
       "24-200 characters of letters, digits, _ and - (it is a URL path segment and a secret)",
     )
     .optional(),
-  PUBLIC_URL: httpUrl.optional(),
+  PUBLIC_URL: publicUrl.optional(),
   LOG_LEVEL: z
     .string()
     .refine((v) => (LOG_LEVELS as readonly string[]).includes(v), {
@@ -162,6 +177,11 @@ export function loadEnv(source: NodeJS.ProcessEnv = process.env): Env {
         : "SHIPSTATION_API_SECRET is set but SHIPSTATION_API_KEY is not: set both, or neither to pause uploads",
     );
   }
+  if (raw.PUBLIC_URL && !raw.SHIPSTATION_WEBHOOK_TOKEN) {
+    throw new EnvError(
+      "PUBLIC_URL is set but SHIPSTATION_WEBHOOK_TOKEN is not: set the token (the hook's secret path segment) to receive SHIP_NOTIFY, or unset PUBLIC_URL",
+    );
+  }
   return {
     databaseUrl: raw.DATABASE_URL,
     listenDatabaseUrl: raw.LISTEN_DATABASE_URL,
@@ -214,7 +234,7 @@ export const ENV_DOCS: Record<EnvName, { default: string; doc: string }> = {
   },
   PUBLIC_URL: {
     default: "unset: no subscription",
-    doc: "This service's public base URL; with the token set, SHIP_NOTIFY is subscribed to `$PUBLIC_URL/hooks/shipstation/$SHIPSTATION_WEBHOOK_TOKEN` at start, once.",
+    doc: "This service's public base URL, without credentials, query or fragment (needs the token); with the ShipStation credentials set, SHIP_NOTIFY is subscribed to `$PUBLIC_URL/hooks/shipstation/$SHIPSTATION_WEBHOOK_TOKEN` at start, once.",
   },
   LOG_LEVEL: { default: "info", doc: "Initial pino level (the `log_level` key overrides it)." },
   INSTANCE_ID: { default: "host:pid", doc: "Name of this replica in leases and logs." },

@@ -57,6 +57,12 @@ function readBody(body: unknown, baseUrl: string): { type: string; url: string }
     throw badRequest("body must be a JSON object with resource_url and resource_type");
   }
   const { resource_url: url, resource_type: type } = body as Record<string, unknown>;
+  for (const [name, value] of [
+    ["resource_url", url],
+    ["resource_type", type],
+  ] as const) {
+    if (value === undefined) throw badRequest(`body must have required property '${name}'`);
+  }
   if (typeof url !== "string") throw badRequest("body/resource_url must be a string");
   if (typeof type !== "string") throw badRequest("body/resource_type must be a string");
   if (!RESOURCE_TYPES.includes(type)) {
