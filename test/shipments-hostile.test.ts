@@ -268,7 +268,12 @@ describe("the hook, attacked", () => {
       ["JSON null", "null", 400, /JSON object/],
       ["an array", [notify(listing)], 400, /JSON object/],
       ["a string", JSON.stringify("SHIP_NOTIFY"), 400, /JSON object/],
-      ["no resource_url", { resource_type: "SHIP_NOTIFY" }, 400, /required property 'resource_url'/],
+      [
+        "no resource_url",
+        { resource_type: "SHIP_NOTIFY" },
+        400,
+        /required property 'resource_url'/,
+      ],
       ["resource_url a number", notify(12345678), 400, /resource_url must be a string/],
       ["resource_url an array", notify([listing]), 400, /resource_url must be a string/],
       ["resource_url an object", notify({ href: listing }), 400, /resource_url must be a string/],
@@ -280,7 +285,12 @@ describe("the hook, attacked", () => {
         400,
         /resource_type must be a string/,
       ],
-      ["resource_type missing", { resource_url: listing }, 400, /required property 'resource_type'/],
+      [
+        "resource_type missing",
+        { resource_url: listing },
+        400,
+        /required property 'resource_type'/,
+      ],
       [
         "another resource_type",
         notify(listing, "ITEM_SHIP_NOTIFY"),
