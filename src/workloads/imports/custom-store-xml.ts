@@ -1,0 +1,324 @@
+// Reads ShipStation's Custom Store order XML (`<Orders><Order>…`) into the rows the
+// uploads workload sends: order_key (OrderID), order_number, status, and the payload
+// (addresses, items, amounts, dates in ISO 8601 UTC). Pure, no I/O: a document is either
+// read whole or refused with where it went wrong (a line and column for XML that is not
+// well-formed, the order and the field for one that does not fit), never half-read.
+import { XMLParser, XMLValidator } from "fast-xml-parser";
+
+/** More orders than this in one document is refused (a runaway export, not a day's orders). */
+export const MAX_ORDERS_PER_DOCUMENT = 50_000;
+
+/** One order as it goes into orders_inbox. */
+export interface ImportedOrder {
+  /** OrderID; null when the document has none (the row's id becomes its orderKey). */
+  orderKey: string | null;
+  orderNumber: string;
+  /** A ShipStation order status. */
+  status: string;
+  payload: Record<string, unknown>;
+}
+
+export type ParseResult =
+  | { ok: true; orders: ImportedOrder[] }
+  | { ok: false; error: string; line?: number; column?: number };
+
+/**
+ * Custom Store OrderStatus values as stores send them, and ShipStation's own names, to
+ * the status the reactor uploads. 'shipped' is not here: ShipStation marks orders
+ * shipped itself, and an import cannot.
+ */
+const STATUS_MAP: Readonly<Record<string, string>> = {
+  unpaid: "awaiting_payment",
+  awaiting_payment: "awaiting_payment",
+  paid: "awaiting_shipment",
+  awaiting_shipment: "awaiting_shipment",
+  pending_fulfillment: "pending_fulfillment",
+  on_hold: "on_hold",
+  "on-hold": "on_hold",
+  onhold: "on_hold",
+  cancelled: "cancelled",
+  canceled: "cancelled",
+};
+
+const WEIGHT_UNITS: Readonly<Record<string, string>> = {
+  ounces: "ounces",
+  ounce: "ounces",
+  oz: "ounces",
+  pounds: "pounds",
+  pound: "pounds",
+  lb: "pounds",
+  lbs: "pounds",
+  grams: "grams",
+  gram: "grams",
+  g: "grams",
+};
+
+const DECIMAL = /^-?\d{1,12}(?:\.\d{1,6})?$/;
+/** `MM/dd/yyyy HH:mm` (one-digit month and day, seconds and AM/PM tolerated), in UTC. */
+const ORDER_DATE = /^(\d{1,2})\/(\d{1,2})\/(\d{4}) (\d{1,2}):(\d{2})(?::(\d{2}))?(?: ?([AP]M))?$/i;
+
+const parser = new XMLParser({
+  ignoreAttributes: true,
+  // Every value stays text: "00123" is an OrderID, not the number 123.
+  parseTagValue: false,
+  trimValues: true,
+  processEntities: true,
+  isArray: (_name, path) =>
+    path === "Orders.Order" ||
+    path === "Orders.Order.Items.Item" ||
+    path === "Orders.Order.Items.Item.Options.Option",
+});
+
+/** Thrown inside the reader; becomes the document's one error. */
+class FieldError extends Error {}
+
+type Node = Record<string, unknown>;
+
+function asNode(value: unknown): Node {
+  return value !== null && typeof value === "object" && !Array.isArray(value)
+    ? (value as Node)
+    : {};
+}
+
+/** The text of a child element, or undefined when it is absent or empty. */
+function text(node: Node, name: string): string | undefined {
+  const value = node[name];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === "object") {
+    throw new FieldError(`${name} must be text, not nested elements`);
+  }
+  const s = String(value).trim();
+  return s === "" ? undefined : s;
+}
+
+function required(node: Node, name: string, where = name): string {
+  const value = text(node, name);
+  if (value === undefined) throw new FieldError(`${where} is required`);
+  return value;
+}
+
+function decimal(node: Node, name: string, where = name): number | undefined {
+  const value = text(node, name);
+  if (value === undefined) return undefined;
+  if (!DECIMAL.test(value))
+    throw new FieldError(`${where} must be a decimal number, got "${value.slice(0, 40)}"`);
+  return Number(value);
+}
+
+function bool(node: Node, name: string): boolean | undefined {
+  const value = text(node, name)?.toLowerCase();
+  if (value === undefined) return undefined;
+  if (value === "true" || value === "1") return true;
+  if (value === "false" || value === "0") return false;
+  throw new FieldError(`${name} must be true or false, got "${value.slice(0, 40)}"`);
+}
+
+/** OrderDate (`MM/dd/yyyy HH:mm`, UTC) as ISO 8601 UTC. */
+export function customStoreDate(value: string, where: string): string {
+  const m = ORDER_DATE.exec(value);
+  if (!m)
+    throw new FieldError(`${where} must be MM/dd/yyyy HH:mm (UTC), got "${value.slice(0, 40)}"`);
+  const [, mo, d, y, h, mi, s, ampm] = m;
+  let hour = Number(h);
+  if (ampm && hour <= 12) {
+    if (ampm.toUpperCase() === "PM" && hour < 12) hour += 12;
+    if (ampm.toUpperCase() === "AM" && hour === 12) hour = 0;
+  }
+  const [year, month, day, minute, second] = [y, mo, d, mi, s ?? "0"].map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  const at = new Date(Date.UTC(year, month - 1, day, hour, minute, second));
+  if (
+    at.getUTCFullYear() !== year ||
+    at.getUTCMonth() !== month - 1 ||
+    at.getUTCDate() !== day ||
+    hour > 23 ||
+    minute > 59 ||
+    second > 59 ||
+    year < 1900
+  ) {
+    throw new FieldError(`${where} is not a real date-time, got "${value.slice(0, 40)}"`);
+  }
+  return at.toISOString().replace(".000Z", "Z");
+}
+
+/** Drops undefined values, so the payload holds only what the document said. */
+function defined(entries: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(entries).filter(([, v]) => v !== undefined));
+}
+
+function readAddress(node: Node, kind: "BillTo" | "ShipTo"): Record<string, unknown> {
+  const a = asNode(node[kind]);
+  if (node[kind] === undefined) throw new FieldError(`Customer/${kind} is required`);
+  return defined({
+    name: required(a, "Name", `Customer/${kind}/Name`),
+    company: text(a, "Company"),
+    street1: text(a, "Address1"),
+    street2: text(a, "Address2"),
+    city: text(a, "City"),
+    state: text(a, "State"),
+    postalCode: text(a, "PostalCode"),
+    country: text(a, "Country"),
+    phone: text(a, "Phone"),
+    email: text(a, "Email"),
+  });
+}
+
+function readItem(node: Node, index: number): Record<string, unknown> {
+  const where = (field: string) => `Items/Item[${index + 1}]/${field}`;
+  const quantity = text(node, "Quantity");
+  if (quantity === undefined) throw new FieldError(`${where("Quantity")} is required`);
+  if (!/^\d{1,9}$/.test(quantity) || Number(quantity) < 1) {
+    throw new FieldError(
+      `${where("Quantity")} must be a whole number of at least 1, got "${quantity.slice(0, 40)}"`,
+    );
+  }
+  const weight = decimal(node, "Weight", where("Weight"));
+  const unitsText = text(node, "WeightUnits");
+  const units = unitsText === undefined ? undefined : WEIGHT_UNITS[unitsText.toLowerCase()];
+  if (unitsText !== undefined && units === undefined) {
+    throw new FieldError(
+      `${where("WeightUnits")} must be Ounces, Pounds or Grams, got "${unitsText.slice(0, 40)}"`,
+    );
+  }
+  const options = (asNode(node.Options).Option as unknown[] | undefined) ?? [];
+  return defined({
+    lineItemKey: text(node, "LineItemID"),
+    sku: text(node, "SKU"),
+    name: required(node, "Name", where("Name")),
+    imageUrl: text(node, "ImageUrl"),
+    weight: weight === undefined ? undefined : { value: weight, units: units ?? "ounces" },
+    quantity: Number(quantity),
+    unitPrice: decimal(node, "UnitPrice", where("UnitPrice")),
+    warehouseLocation: text(node, "Location"),
+    options: options.length
+      ? options.map((o, i) => {
+          const option = asNode(o);
+          return {
+            name: required(option, "Name", `${where("Options/Option")}[${i + 1}]/Name`),
+            value: text(option, "Value") ?? "",
+          };
+        })
+      : undefined,
+  });
+}
+
+function readOrder(node: Node): ImportedOrder {
+  const statusText = required(node, "OrderStatus");
+  const status = STATUS_MAP[statusText.toLowerCase()];
+  if (!status) {
+    throw new FieldError(
+      statusText.toLowerCase() === "shipped"
+        ? "OrderStatus 'shipped' cannot be imported: ShipStation marks orders shipped itself"
+        : `OrderStatus must be one of unpaid, paid, on_hold, cancelled (or a ShipStation status), got "${statusText.slice(0, 40)}"`,
+    );
+  }
+  const orderNumber = required(node, "OrderNumber");
+  if ([...orderNumber].length > 50) {
+    throw new FieldError(
+      `OrderNumber is ${[...orderNumber].length} characters; ShipStation allows at most 50`,
+    );
+  }
+  const customer = asNode(node.Customer);
+  if (node.Customer === undefined) throw new FieldError("Customer is required");
+  const items = (asNode(node.Items).Item as unknown[] | undefined) ?? [];
+  const billTo = readAddress(customer, "BillTo");
+  const customFields = defined({
+    customField1: text(node, "CustomField1"),
+    customField2: text(node, "CustomField2"),
+    customField3: text(node, "CustomField3"),
+  });
+  return {
+    orderKey: text(node, "OrderID") ?? null,
+    orderNumber,
+    status,
+    payload: defined({
+      orderDate: customStoreDate(required(node, "OrderDate"), "OrderDate"),
+      customerUsername: text(customer, "CustomerCode"),
+      customerEmail: billTo.email,
+      billTo,
+      shipTo: readAddress(customer, "ShipTo"),
+      items: items.map((item, i) => readItem(asNode(item), i)),
+      amountPaid: decimal(node, "OrderTotal"),
+      taxAmount: decimal(node, "TaxAmount"),
+      shippingAmount: decimal(node, "ShippingAmount"),
+      customerNotes: text(node, "CustomerNotes"),
+      internalNotes: text(node, "InternalNotes"),
+      gift: bool(node, "Gift"),
+      giftMessage: text(node, "GiftMessage"),
+      paymentMethod: text(node, "PaymentMethod"),
+      requestedShippingService: text(node, "ShippingMethod"),
+      advancedOptions: Object.keys(customFields).length ? customFields : undefined,
+    }),
+  };
+}
+
+/** Reads a whole document: every order, or the first error and where it is. */
+export function parseCustomStoreXml(xml: string, limits: { maxOrders?: number } = {}): ParseResult {
+  const maxOrders = limits.maxOrders ?? MAX_ORDERS_PER_DOCUMENT;
+  const valid = XMLValidator.validate(xml);
+  if (valid !== true) {
+    const { msg, line, col } = valid.err;
+    return {
+      ok: false,
+      error: `not well-formed XML at line ${line}, column ${col}: ${msg}`,
+      line,
+      column: col,
+    };
+  }
+  let doc: Node;
+  try {
+    doc = asNode(parser.parse(xml));
+  } catch (err) {
+    return { ok: false, error: `XML could not be read: ${(err as Error).message}` };
+  }
+  if (doc.Orders === undefined) {
+    return {
+      ok: false,
+      error: "the document's root element must be <Orders> (Custom Store order XML)",
+    };
+  }
+  const list = (asNode(doc.Orders).Order as unknown[] | undefined) ?? [];
+  if (list.length === 0) return { ok: false, error: "the document holds no <Order>" };
+  if (list.length > maxOrders) {
+    return {
+      ok: false,
+      error: `the document holds ${list.length} orders; at most ${maxOrders} are imported from one document`,
+    };
+  }
+  const orders: ImportedOrder[] = [];
+  const keys = new Map<string, number>();
+  for (const [index, item] of list.entries()) {
+    const node = asNode(item);
+    const label = () => {
+      let number: string | undefined;
+      try {
+        number = text(node, "OrderNumber");
+      } catch {
+        number = undefined;
+      }
+      return `Order ${index + 1}${number ? ` (OrderNumber ${number.slice(0, 50)})` : ""}`;
+    };
+    try {
+      const order = readOrder(node);
+      if (order.orderKey !== null) {
+        const seen = keys.get(order.orderKey);
+        if (seen !== undefined) {
+          throw new FieldError(
+            `OrderID "${order.orderKey.slice(0, 50)}" is also Order ${seen + 1}'s`,
+          );
+        }
+        keys.set(order.orderKey, index);
+      }
+      orders.push(order);
+    } catch (err) {
+      if (err instanceof FieldError) return { ok: false, error: `${label()}: ${err.message}` };
+      throw err;
+    }
+  }
+  return { ok: true, orders };
+}
