@@ -267,3 +267,20 @@ export const reactorSyncState = pgTable("reactor_sync_state", {
   watermark: tz("watermark"),
   updatedAt: tz("updated_at").notNull().defaultNow(),
 });
+
+/** One row per imported XML document (a file in IMPORT_DIR, POST /admin/imports, the CLI). */
+export const importFiles = pgTable(
+  "import_files",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedByDefaultAsIdentity(),
+    fileName: text("file_name").notNull(),
+    /** Of the bytes: the same content is never imported twice. */
+    sha256: text("sha256").notNull().unique("import_files_sha256_key"),
+    state: text("state").notNull(),
+    /** Orders the document held (imported) or 0 (failed). */
+    orders: integer("orders").notNull().default(0),
+    error: text("error"),
+    importedAt: tz("imported_at").notNull().defaultNow(),
+  },
+  (t) => [check("import_files_state_check", sql`${t.state} IN ('imported', 'failed')`)],
+);
