@@ -138,7 +138,6 @@ describe("/metrics as production serves it", () => {
   beforeAll(async () => {
     db = await createTestDatabase();
     fake = await startFakeShipStation();
-    await setSetting(db.pool, "upload_rate_limit_per_minute", "100000");
     app = await startReactor({
       databaseUrl: db.url,
       shipstationUrl: fake.url,

@@ -28,6 +28,8 @@ describe("resilience of the core reactor", () => {
   beforeAll(async () => {
     db = await createTestDatabase();
     fake = await startFakeShipStation();
+    // About replicas sharing rows, not the rate limit (uploads-field.test.ts covers the
+    // real 40 a minute): its hundreds of orders in small calls would take minutes at 40.
     await setSetting(db.pool, "upload_rate_limit_per_minute", "100000");
     // The safety poll must not be what rescues anything in these tests.
     await setSetting(db.pool, "poll_interval_seconds", "3600");
