@@ -23,7 +23,6 @@ import { CONFIG_CHANNEL } from "../src/reactor/reactor.js";
 import {
   createTestDatabase,
   insertOrders,
-  setSetting,
   type TestDatabase,
   waitFor,
 } from "./helpers/db.js";

@@ -3,7 +3,6 @@
 // Each page costs one call of the shared budget; the first answer that is not a page
 // stops the walk and says why, with what was applied until then.
 import type { Logger } from "../../logger.js";
-import type { Metrics } from "../../metrics.js";
 import type { ShipStationAccount } from "../../outbound/shipstation-account.js";
 import type { Shipment } from "../../outbound/shipstation-client.js";
 import type { ApplyResult, ShipmentSource } from "./apply.js";
@@ -39,7 +38,6 @@ export function makeWalker(options: {
   account: ShipStationAccount;
   apply(shipments: readonly Shipment[], source: ShipmentSource): Promise<ApplyResult>;
   logger: Logger;
-  metrics: Metrics;
   applied: (source: ShipmentSource, n: number) => void;
 }): Walker {
   const { account } = options;

@@ -50,7 +50,6 @@ export const shipmentsModule: WorkloadModule<typeof SHIPMENTS_SETTINGS> = {
         return result;
       },
       logger: ctx.logger,
-      metrics: ctx.metrics,
       applied: (source, n) => appliedTotal.inc({ source }, n),
     });
     const poll = makeShipmentPoll({

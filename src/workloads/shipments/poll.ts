@@ -10,7 +10,7 @@
 import type { Pool } from "../../db/pool.js";
 import type { Logger } from "../../logger.js";
 import type { ShipStationAccount } from "../../outbound/shipstation-account.js";
-import { toShipStationTime } from "../../outbound/shipstation-client.js";
+import { SHIPMENTS_MAX_PAGE_SIZE, toShipStationTime } from "../../outbound/shipstation-client.js";
 import type { WorkloadCheck } from "../../reactor/workload.js";
 import { withDirectLock } from "./direct-lock.js";
 import type { Walker } from "./fetch.js";
@@ -99,7 +99,8 @@ export function makeShipmentPoll(options: {
       : new Date(Date.now() - INITIAL_LOOKBACK_MS);
     const createDateStart = toShipStationTime(start);
     const result = await walker.walk(
-      (page) => client.shipmentsListUrl({ createDateStart, page, pageSize: 500 }),
+      (page) =>
+        client.shipmentsListUrl({ createDateStart, page, pageSize: SHIPMENTS_MAX_PAGE_SIZE }),
       "poll",
     );
     if (result.kind === "done") {

@@ -3,13 +3,12 @@
 // name; and it is always fetched on SHIPSTATION_BASE_URL's own origin, so our
 // credentials never go to a host the notification chose (SSRF). The hook checks this
 // before storing a notification, and the workload again before fetching one.
+import { SHIPMENTS_MAX_PAGE_SIZE } from "../../outbound/shipstation-client.js";
 
 /** The public v1 API: SHIP_NOTIFY names its numbered hosts (ssapi6…) instead of it. */
 const PUBLIC_API_HOST = "ssapi.shipstation.com";
 /** ShipStation's numbered API hosts, which serve the same accounts as the public one. */
 const PUBLIC_API_SHARD = /^ssapi\d{0,3}\.shipstation\.com$/;
-/** ShipStation's largest page of GET /shipments: a notification's pages are read 500 at a time. */
-export const LISTING_PAGE_SIZE = 500;
 
 export type ResourceUrl = { ok: true; fetchUrl: string } | { ok: false; error: string };
 
@@ -67,6 +66,6 @@ export function shipmentsResourceUrl(baseUrl: string, resourceUrl: string): Reso
 export function listingPage(url: string, page: number): string {
   const u = new URL(url);
   u.searchParams.set("page", String(page));
-  u.searchParams.set("pageSize", String(LISTING_PAGE_SIZE));
+  u.searchParams.set("pageSize", String(SHIPMENTS_MAX_PAGE_SIZE));
   return u.toString();
 }
