@@ -20,12 +20,7 @@ import {
   WAKE_REASONS,
 } from "../src/metrics.js";
 import { CONFIG_CHANNEL } from "../src/reactor/reactor.js";
-import {
-  createTestDatabase,
-  insertOrders,
-  type TestDatabase,
-  waitFor,
-} from "./helpers/db.js";
+import { createTestDatabase, insertOrders, type TestDatabase, waitFor } from "./helpers/db.js";
 import { promtool, requirePromtool } from "./helpers/promtool.js";
 import { startReactor } from "./helpers/reactor.js";
 
