@@ -91,7 +91,7 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
       const size =
         row.payload_bytes > MAX_WEBHOOK_BODY_BYTES
           ? `is ${row.payload_bytes} bytes`
-          : `is larger than ${MAX_WEBHOOK_BODY_BYTES} bytes as JSON text (${row.payload_bytes} bytes stored)`;
+          : `is larger than ${MAX_WEBHOOK_BODY_BYTES} bytes as JSON text (${row.payload_bytes} bytes stored), or holds a number beyond ±1e100`;
       return {
         id: row.id,
         kind: "failed",

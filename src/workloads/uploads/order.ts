@@ -123,7 +123,7 @@ export function buildOrder(row: OrderRow): BuildResult {
     return fail(
       row.payload_bytes > ORDER_MAX_BYTES
         ? `payload is ${row.payload_bytes} bytes; the limit is ${ORDER_MAX_BYTES}`
-        : `payload is larger than ${ORDER_MAX_BYTES} bytes as JSON text (${row.payload_bytes} bytes stored; numbers with huge exponents?)`,
+        : `payload is larger than ${ORDER_MAX_BYTES} bytes as JSON text (${row.payload_bytes} bytes stored), or holds a number beyond ±1e100`,
     );
   }
   try {
