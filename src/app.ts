@@ -16,13 +16,26 @@ import { makeSharedRateLimiter } from "./reactor/rate-limit.js";
 import { makeReactor, type Reactor } from "./reactor/reactor.js";
 import { type LiveSettings, makeLiveSettings } from "./reactor/settings.js";
 import { USER_AGENT } from "./version.js";
-import { SETTINGS, type Settings, WORKLOADS } from "./workloads/index.js";
-import type { WorkloadInstance, WorkloadModule } from "./workloads/module.js";
+import { SETTINGS, type Settings, SOURCES, WORKLOADS } from "./workloads/index.js";
+import type {
+  ModuleParts,
+  SourceInstance,
+  SourceModule,
+  WorkloadContext,
+  WorkloadInstance,
+  WorkloadModule,
+} from "./workloads/module.js";
 
 /** A workload module and what it built for this process. */
 export interface RunningModule {
   module: WorkloadModule;
   instance: WorkloadInstance;
+}
+
+/** An inbound source (the XML folder import) and what it built for this process. */
+export interface RunningSource {
+  module: SourceModule;
+  instance: SourceInstance;
 }
 
 export interface App {
@@ -34,6 +47,10 @@ export interface App {
   reactor: Reactor;
   /** Every workload of WORKLOADS, as built for this process. */
   modules: readonly RunningModule[];
+  /** Every source of SOURCES, as built for this process. */
+  sources: readonly RunningSource[];
+  /** What the workloads and the sources bring besides queues: routes, jobs, status. */
+  parts: ReadonlyArray<{ name: string; instance: ModuleParts }>;
   owner: string;
   startedAt: Date;
   start(): Promise<void>;
@@ -81,23 +98,32 @@ export function makeApp(options: AppOptions): App {
     metrics,
   });
   const directDatabaseUrl = env.listenDatabaseUrl ?? options.databaseUrl;
+  const context: WorkloadContext<Settings> = {
+    env,
+    pool,
+    settings: settings.current,
+    logger,
+    metrics,
+    owner,
+    shipstation,
+    // One SSRF policy for the pre-check and the connect step.
+    addressPolicy: makeAddressPolicy(env),
+    directDatabaseUrl,
+  };
   const modules: RunningModule[] = WORKLOADS.map((module) => ({
     module,
-    instance: module.create({
-      env,
-      pool,
-      settings: settings.current,
-      logger,
-      metrics,
-      owner,
-      shipstation,
-      // One SSRF policy for the pre-check and the connect step.
-      addressPolicy: makeAddressPolicy(env),
-      directDatabaseUrl,
-    }),
+    instance: module.create(context),
+  }));
+  const sources: RunningSource[] = SOURCES.map((module) => ({
+    module,
+    instance: module.create(context),
+  }));
+  const parts = [...modules, ...sources].map(({ module, instance }) => ({
+    name: module.name,
+    instance: instance as ModuleParts,
   }));
   const jobs = makePeriodicJobs(
-    modules.flatMap((m) => m.instance.jobs ?? []),
+    parts.flatMap((m) => m.instance.jobs ?? []),
     logger,
   );
   const reactor = makeReactor({
@@ -119,6 +145,8 @@ export function makeApp(options: AppOptions): App {
     metrics,
     reactor,
     modules,
+    sources,
+    parts,
     owner,
     startedAt: new Date(),
     async start() {
@@ -131,9 +159,10 @@ export function makeApp(options: AppOptions): App {
       // and its stats arm the timers for what is due later.
       await reactor.start();
       jobs.start();
-      for (const { instance } of modules) void instance.afterStart?.();
+      for (const { instance } of parts) void instance.afterStart?.();
     },
     async stop(graceMs = SHUTDOWN_GRACE_MS) {
+      await Promise.all(parts.map(({ instance }) => instance.stop?.()));
       await jobs.stop();
       await reactor.stop(graceMs);
       await pool.end();

@@ -25,7 +25,7 @@ import {
   type SettingRow,
 } from "./reactor/settings-spec.js";
 import { VERSION } from "./version.js";
-import { SETTINGS, WORKLOADS } from "./workloads/index.js";
+import { SETTINGS, SOURCES, WORKLOADS } from "./workloads/index.js";
 import type { CliKit } from "./workloads/module.js";
 
 /** A statement gets this long unless --statement-timeout says otherwise. */
@@ -248,7 +248,7 @@ program
       }),
   );
 
-// Commands a workload brings (webhook subscriptions).
+// Commands a workload or source brings (webhook subscriptions, XML import).
 const kit: CliKit = {
   withPool,
   print,
@@ -257,7 +257,7 @@ const kit: CliKit = {
   },
   positiveInt,
 };
-for (const module of WORKLOADS) module.cli?.(program, kit);
+for (const module of [...WORKLOADS, ...SOURCES]) module.cli?.(program, kit);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,27 +1,13 @@
 // Importing a Custom Store XML document into orders_inbox: all or nothing, once per
-// content, and the uploads workload takes the orders at once. (The folder watcher, the
-// admin route and the CLI that feed importDocument are not built yet.)
+// content, and the uploads workload takes the orders at once. The folder watch, the
+// admin route and the CLI that feed importDocument are in import-folder.test.ts.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { importDocument } from "../src/workloads/imports/import.js";
 import { createTestDatabase, type TestDatabase, waitFor } from "./helpers/db.js";
 import { startReactor } from "./helpers/reactor.js";
-
-function order(id: string, extra: { total?: string; status?: string } = {}): string {
-  return `<Order>
-    <OrderID>${id}</OrderID><OrderNumber>N-${id}</OrderNumber>
-    <OrderDate>11/23/2026 14:05</OrderDate><OrderStatus>${extra.status ?? "paid"}</OrderStatus>
-    <OrderTotal>${extra.total ?? "10.00"}</OrderTotal>
-    <Customer>
-      <BillTo><Name>Ada</Name></BillTo>
-      <ShipTo><Name>Ada</Name><Address1>1 Main St</Address1><City>Austin</City>
-        <State>TX</State><PostalCode>78701</PostalCode><Country>US</Country></ShipTo>
-    </Customer>
-    <Items><Item><SKU>S1</SKU><Name>Thing</Name><Quantity>1</Quantity><UnitPrice>10.00</UnitPrice></Item></Items>
-  </Order>`;
-}
-const doc = (...orders: string[]) => `<?xml version="1.0"?><Orders>${orders.join("")}</Orders>`;
+import { doc, order } from "./helpers/xml.js";
 
 describe("importDocument", () => {
   let db: TestDatabase;
@@ -112,5 +98,21 @@ describe("importDocument", () => {
     expect(result.outcome).toBe("failed");
     expect(result.error).toMatch(/order_key_must_differ_from_other_orders_keys_and_ids/);
     expect(await count("SELECT count(*) AS n FROM orders_inbox WHERE order_key = 'd1'")).toBe(0);
+
+    // The same bytes are tried again (not a duplicate of a failure): once the clash is
+    // gone, they import, and the import_files row says so.
+    await db.pool.query("DELETE FROM orders_inbox WHERE id = $1", [rows[0].id]);
+    const again = await importDocument(db.pool, {
+      fileName: "clash-again.xml",
+      content: doc(order("d1"), order(takenId)),
+    });
+    expect(again).toMatchObject({ outcome: "imported", fileId: result.fileId });
+    const recorded = await db.pool.query(
+      "SELECT file_name, state, error FROM import_files WHERE id = $1",
+      [result.fileId],
+    );
+    expect(recorded.rows).toEqual([
+      { file_name: "clash-again.xml", state: "imported", error: null },
+    ]);
   });
 });

@@ -95,6 +95,12 @@ const schema = {
     )
     .optional(),
   PUBLIC_URL: publicUrl.optional(),
+  IMPORT_DIR: z
+    .string()
+    .refine((v) => !v.includes("\0") && v.trim() === v, {
+      message: "a folder path (no NUL, no leading or trailing spaces)",
+    })
+    .optional(),
   LOG_LEVEL: z
     .string()
     .refine((v) => (LOG_LEVELS as readonly string[]).includes(v), {
@@ -142,6 +148,8 @@ export interface Env {
   };
   /** Where ShipStation reaches this service (SHIP_NOTIFY is subscribed there at start), no trailing slash. */
   publicUrl: string | undefined;
+  /** The folder XML order files are imported from, as given; unset → no file import. */
+  importDir: string | undefined;
   webhookAllowPrivateNetworks: boolean;
   /** Networks webhooks may reach although they are not public, as `address/prefix`. */
   webhookAllowedNetworks: string[];
@@ -195,6 +203,7 @@ export function loadEnv(source: NodeJS.ProcessEnv = process.env): Env {
       webhookToken: raw.SHIPSTATION_WEBHOOK_TOKEN,
     },
     publicUrl: raw.PUBLIC_URL?.replace(/\/+$/, ""),
+    importDir: raw.IMPORT_DIR,
     webhookAllowPrivateNetworks: BOOL_TRUE.has(
       (raw.WEBHOOK_ALLOW_PRIVATE_NETWORKS ?? "false").toLowerCase(),
     ),
@@ -235,6 +244,10 @@ export const ENV_DOCS: Record<EnvName, { default: string; doc: string }> = {
   PUBLIC_URL: {
     default: "unset: no subscription",
     doc: "This service's public base URL, without credentials, query or fragment (needs the token); with the ShipStation credentials set, SHIP_NOTIFY is subscribed to `$PUBLIC_URL/hooks/shipstation/$SHIPSTATION_WEBHOOK_TOKEN` at start, once.",
+  },
+  IMPORT_DIR: {
+    default: "unset: no file import",
+    doc: "Folder watched for Custom Store order XML files (`*.xml`); imported files move to its `processed/`, refused ones to `failed/` with `<name>.error.txt`. The reactor needs to read, write and rename there.",
   },
   LOG_LEVEL: { default: "info", doc: "Initial pino level (the `log_level` key overrides it)." },
   INSTANCE_ID: { default: "host:pid", doc: "Name of this replica in leases and logs." },

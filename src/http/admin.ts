@@ -171,7 +171,7 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
         );
       }
 
-      for (const { instance } of app.modules) instance.adminRoutes?.(admin);
+      for (const { instance } of app.parts) instance.adminRoutes?.(admin);
     },
     { prefix: "/admin" },
   );

@@ -109,6 +109,25 @@ function workloadChecks(app: App, time: string): Record<string, Check[]> {
   return checks;
 }
 
+/** What each source says about itself (the import folder reachable and writable). */
+function sourceChecks(app: App, time: string): Record<string, Check[]> {
+  const checks: Record<string, Check[]> = {};
+  for (const { module, instance } of app.sources) {
+    for (const extra of instance.checks?.() ?? []) {
+      checks[`${module.name}:${extra.name}`] = [
+        {
+          status: extra.status,
+          componentType: "component",
+          observedValue: extra.observedValue,
+          time,
+          ...(extra.output ? { output: extra.output } : {}),
+        },
+      ];
+    }
+  }
+  return checks;
+}
+
 export async function buildHealth(app: App) {
   const time = new Date().toISOString();
   const checks: Record<string, Check[]> = {};
@@ -142,7 +161,7 @@ export async function buildHealth(app: App) {
       ...(ls.connected ? {} : { output: `disconnected for ${Math.round(downFor / 1000)} s` }),
     },
   ];
-  Object.assign(checks, workloadChecks(app, time));
+  Object.assign(checks, workloadChecks(app, time), sourceChecks(app, time));
 
   return {
     status: worst(

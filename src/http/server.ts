@@ -1,5 +1,6 @@
 // The status server (docs/architecture.md §3, HTTP): probes, Prometheus metrics, a JSON status page
 // and, when ADMIN_TOKEN is set, the admin API; in the reactor process.
+import { STATUS_CODES } from "node:http";
 import Fastify, {
   type FastifyBaseLogger,
   type FastifyInstance,
@@ -51,9 +52,12 @@ export async function buildStatusServer(
       reply,
     ) => {
       if (err.validation || (err.statusCode && err.statusCode < 500)) {
-        return reply
-          .code(err.statusCode ?? 400)
-          .send({ statusCode: err.statusCode ?? 400, error: "Bad Request", message: err.message });
+        const code = err.statusCode ?? 400;
+        return reply.code(code).send({
+          statusCode: code,
+          error: STATUS_CODES[code] ?? "Bad Request",
+          message: err.message,
+        });
       }
       if (err.code && INPUT_ERROR_CODES.has(err.code)) {
         const message = err.constraint
@@ -103,8 +107,8 @@ export async function buildStatusServer(
 
   server.get("/status", async () => buildStatus(app));
 
-  // Routes a workload brings (the ShipStation hook).
-  for (const { instance } of app.modules) instance.routes?.(server);
+  // Routes a workload or source brings (the ShipStation hook).
+  for (const { instance } of app.parts) instance.routes?.(server);
 
   await registerAdminRoutes(server, app);
   return server;

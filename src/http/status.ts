@@ -17,14 +17,17 @@ async function countsByState(app: App): Promise<Record<string, Record<string, nu
   return Object.fromEntries(entries);
 }
 
-/** What a workload adds to its entry (the shipments watermark); an error is shown, not thrown. */
+/**
+ * What a workload adds to its entry (the shipments watermark), and what a source says
+ * about itself (the import folder); an error is shown, not thrown.
+ */
 async function moduleStatus(app: App): Promise<Record<string, Record<string, unknown>>> {
   const entries = await Promise.all(
-    app.modules.map(async ({ module, instance }) => {
-      if (!instance.status) return [module.name, {}] as const;
+    app.parts.map(async ({ name, instance }) => {
+      if (!instance.status) return [name, {}] as const;
       try {
         return [
-          module.name,
+          name,
           await withTimeout(
             instance.status(),
             COUNTS_TIMEOUT_MS,
@@ -32,7 +35,7 @@ async function moduleStatus(app: App): Promise<Record<string, Record<string, unk
           ),
         ] as const;
       } catch (err) {
-        return [module.name, { statusError: (err as Error).message }] as const;
+        return [name, { statusError: (err as Error).message }] as const;
       }
     }),
   );
@@ -110,5 +113,8 @@ export async function buildStatus(app: App) {
     lastPollAt: app.reactor.poll.lastPollAt(),
     countsError,
     workloads,
+    sources: Object.fromEntries(
+      app.sources.map(({ module }) => [module.name, extras[module.name]]),
+    ),
   };
 }

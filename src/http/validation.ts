@@ -69,7 +69,8 @@ export function schemaErrors(errors: FastifySchemaValidationError[], dataVar: st
  */
 export function nonFinite(value: unknown, path: string): string | null {
   if (typeof value === "number") return Number.isFinite(value) ? null : path;
-  if (value === null || typeof value !== "object") return null;
+  // A raw body (an XML import) holds bytes, not numbers: never walk it byte by byte.
+  if (value === null || typeof value !== "object" || ArrayBuffer.isView(value)) return null;
   for (const [key, inner] of Object.entries(value)) {
     const found = nonFinite(inner, `${path}/${key}`);
     if (found) return found;

@@ -13,7 +13,7 @@ import type { AddressPolicy } from "../outbound/ssrf.js";
 import type { ClaimedRow, LeaseQueue } from "../reactor/lease-queue.js";
 import type { PeriodicJob } from "../reactor/periodic.js";
 import type { CoreSettings, SettingsOf, SettingsSpec } from "../reactor/settings-spec.js";
-import type { Workload } from "../reactor/workload.js";
+import type { Workload, WorkloadCheck } from "../reactor/workload.js";
 
 /** What a running workload is given: shared connections, settings in force, outside accounts. */
 export interface WorkloadContext<T = unknown> {
@@ -43,9 +43,8 @@ export interface FailedRowsFilter {
   number?: boolean;
 }
 
-/** A workload as it runs in one process. */
-export interface WorkloadInstance {
-  workload: Workload;
+/** What a module runs in one process besides (or instead of) a queue. */
+export interface ModuleParts {
   /** Public routes (an inbound hook); their own auth is their own business. */
   routes?(server: FastifyInstance): void;
   /** Routes under /admin, behind the admin token. */
@@ -55,6 +54,13 @@ export interface WorkloadInstance {
   afterStart?(): Promise<void>;
   /** Extra /status fields (a watermark and its age). */
   status?(): Promise<Record<string, unknown>>;
+  /** Runs once on shutdown, before the reactor stops (closes a folder watch). */
+  stop?(): Promise<void>;
+}
+
+/** A workload as it runs in one process. */
+export interface WorkloadInstance extends ModuleParts {
+  workload: Workload;
 }
 
 /** Helpers the CLI hands a module that adds commands. */
@@ -88,4 +94,20 @@ export interface WorkloadModule<S extends SettingsSpec = SettingsSpec> {
   create(context: WorkloadContext<SettingsOf<S>>): WorkloadInstance;
   /** Extra CLI commands (webhook subscriptions). */
   cli?(program: Command, kit: CliKit): void;
+}
+
+/**
+ * An inbound source without a queue of its own (the XML folder import): it writes rows a
+ * workload then takes through the usual NOTIFY. It has no `workload` label and no failed
+ * rows; what it does shows in /status and /health under its name.
+ */
+export interface SourceModule {
+  name: string;
+  create(context: WorkloadContext): SourceInstance;
+  cli?(program: Command, kit: CliKit): void;
+}
+
+export interface SourceInstance extends ModuleParts {
+  /** /health checks, keyed `<name>:<check>`. */
+  checks?(): WorkloadCheck[];
 }

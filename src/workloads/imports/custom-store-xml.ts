@@ -260,6 +260,19 @@ function readOrder(node: Node): ImportedOrder {
 /** Reads a whole document: every order, or the first error and where it is. */
 export function parseCustomStoreXml(xml: string, limits: { maxOrders?: number } = {}): ParseResult {
   const maxOrders = limits.maxOrders ?? MAX_ORDERS_PER_DOCUMENT;
+  // Counted in the text before anything is built: a runaway export is refused without
+  // its tree (about ten times the text) ever being held. A rough count (an <Order> in a
+  // comment counts too); the exact one follows the parse.
+  const ORDER_TAG = /<Order[\s>/]/g;
+  let tags = 0;
+  while (ORDER_TAG.exec(xml) !== null) {
+    if (++tags > maxOrders) {
+      return {
+        ok: false,
+        error: `the document holds more than ${maxOrders} <Order> elements; at most ${maxOrders} orders are imported from one document (split it)`,
+      };
+    }
+  }
   const valid = XMLValidator.validate(xml);
   if (valid !== true) {
     const { msg, line, col } = valid.err;

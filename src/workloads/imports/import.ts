@@ -1,6 +1,7 @@
 // Imports one Custom Store XML document into orders_inbox, all or nothing: every order of
 // it in one transaction with the document's import_files row, or none of them and a
-// `failed` row saying why. The same bytes (sha256) are never imported twice. An order
+// `failed` row saying why. The same bytes (sha256) are never imported twice; bytes that
+// failed before are tried again (a clash with an existing row may have been fixed). An order
 // whose order_key exists is updated only when its content changed; the orders_inbox
 // trigger then puts it back to pending, so ShipStation receives the change. The INSERT
 // fires the usual NOTIFY: the uploads workload takes over at once.
@@ -9,6 +10,9 @@ import type { Pool } from "../../db/pool.js";
 import { parseCustomStoreXml } from "./custom-store-xml.js";
 
 export type ImportOutcome = "imported" | "duplicate" | "failed";
+
+/** A document (a file, a request body) larger than this is refused unread. */
+export const MAX_DOCUMENT_BYTES = 50 * 1024 * 1024;
 
 export interface ImportResult {
   outcome: ImportOutcome;
@@ -19,6 +23,11 @@ export interface ImportResult {
   orders: { inserted: number; updated: number; unchanged: number };
   /** Why the document was refused (failed), with the line and column or the order and field. */
   error?: string;
+  /** Where in the document it went wrong, for XML that is not well-formed. */
+  line?: number;
+  column?: number;
+  /** For a duplicate: the earlier import of the same bytes. */
+  duplicateOf?: { fileName: string; importedAt: Date };
 }
 
 /**
@@ -37,16 +46,66 @@ const UPSERT_SQL = `
           IS DISTINCT FROM (excluded.order_number, excluded.status, excluded.payload)
   RETURNING (xmax = 0) AS inserted`;
 
+/** Records the document; an earlier failure of the same bytes is overwritten, an import is not. */
 const RECORD_SQL = `
   INSERT INTO import_files (file_name, sha256, state, orders, error)
   VALUES ($1, $2, $3, $4, $5)
-  ON CONFLICT (sha256) DO NOTHING
+  ON CONFLICT (sha256) DO UPDATE
+    SET file_name = excluded.file_name, state = excluded.state, orders = excluded.orders,
+        error = excluded.error, imported_at = now()
+    WHERE import_files.state = 'failed'
   RETURNING id`;
 
-const EARLIER_SQL = "SELECT id FROM import_files WHERE sha256 = $1";
+const EARLIER_SQL = `
+  SELECT id, file_name, imported_at FROM import_files WHERE sha256 = $1 AND state = 'imported'`;
 
 /** SQLSTATE classes that mean the data was refused (a constraint, a value), not a fault. */
 const REFUSED_CLASSES = ["22", "23"];
+
+async function findImported(pool: Pool, base: Base): Promise<ImportResult | null> {
+  const { rows } = await pool.query<{ id: string; file_name: string; imported_at: Date }>(
+    EARLIER_SQL,
+    [base.sha256],
+  );
+  const row = rows[0];
+  if (!row) return null;
+  return {
+    ...base,
+    outcome: "duplicate",
+    fileId: Number(row.id),
+    duplicateOf: { fileName: row.file_name, importedAt: row.imported_at },
+  };
+}
+
+type Base = Pick<ImportResult, "fileName" | "sha256" | "orders">;
+
+const noOrders = () => ({ inserted: 0, updated: 0, unchanged: 0 });
+
+/**
+ * Records a refused document as `failed` with why (the folder watch refuses a file too
+ * large to read this way). Bytes imported before stay a duplicate.
+ */
+export async function recordRefusal(
+  pool: Pool,
+  input: { fileName: string; sha256: string; error: string; line?: number; column?: number },
+): Promise<ImportResult> {
+  const base: Base = { fileName: input.fileName, sha256: input.sha256, orders: noOrders() };
+  const { rows } = await pool.query<{ id: string }>(RECORD_SQL, [
+    input.fileName,
+    input.sha256,
+    "failed",
+    0,
+    input.error,
+  ]);
+  // No row: the same bytes were imported (perhaps by another replica a moment ago).
+  if (!rows[0])
+    return (await findImported(pool, base)) ?? { ...base, outcome: "duplicate", fileId: null };
+  const where = {
+    ...(input.line !== undefined ? { line: input.line } : {}),
+    ...(input.column !== undefined ? { column: input.column } : {}),
+  };
+  return { ...base, outcome: "failed", fileId: Number(rows[0].id), error: input.error, ...where };
+}
 
 export async function importDocument(
   pool: Pool,
@@ -54,30 +113,20 @@ export async function importDocument(
 ): Promise<ImportResult> {
   const bytes = typeof input.content === "string" ? Buffer.from(input.content) : input.content;
   const sha256 = createHash("sha256").update(bytes).digest("hex");
-  const base = {
-    fileName: input.fileName,
-    sha256,
-    orders: { inserted: 0, updated: 0, unchanged: 0 },
-  };
-  const earlier = async () =>
-    Number((await pool.query<{ id: string }>(EARLIER_SQL, [sha256])).rows[0]?.id ?? 0) || null;
-  const seen = await earlier();
-  if (seen) return { ...base, outcome: "duplicate", fileId: seen };
+  const base: Base = { fileName: input.fileName, sha256, orders: noOrders() };
+  const duplicate = () => findImported(pool, base);
+  const seen = await duplicate();
+  if (seen) return seen;
+  const fail = (error: string, where: { line?: number; column?: number } = {}) =>
+    recordRefusal(pool, { fileName: input.fileName, sha256, error, ...where });
 
-  const fail = async (error: string): Promise<ImportResult> => {
-    const { rows } = await pool.query<{ id: string }>(RECORD_SQL, [
-      input.fileName,
-      sha256,
-      "failed",
-      0,
-      error,
-    ]);
-    if (!rows[0]) return { ...base, outcome: "duplicate", fileId: await earlier() };
-    return { ...base, outcome: "failed", fileId: Number(rows[0].id), error };
-  };
-
+  if (bytes.length > MAX_DOCUMENT_BYTES) {
+    return fail(
+      `the document is ${bytes.length} bytes; at most ${MAX_DOCUMENT_BYTES} are imported from one document (split it)`,
+    );
+  }
   const parsed = parseCustomStoreXml(bytes.toString("utf8"), { maxOrders: input.maxOrders });
-  if (!parsed.ok) return fail(parsed.error);
+  if (!parsed.ok) return fail(parsed.error, { line: parsed.line, column: parsed.column });
 
   const client = await pool.connect();
   // A connection whose rollback failed is discarded, not returned to the pool.
@@ -96,7 +145,7 @@ export async function importDocument(
     if (fileId === null) {
       // Another replica imported the same bytes a moment ago.
       await client.query("ROLLBACK");
-      return { ...base, outcome: "duplicate", fileId: await earlier() };
+      return (await duplicate()) ?? { ...base, outcome: "duplicate", fileId: null };
     }
     const rows = parsed.orders.map((o) => ({
       order_key: o.orderKey,

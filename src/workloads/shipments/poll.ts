@@ -7,12 +7,13 @@
 // offset-less US Pacific local time) and written back in the same form, so a skew
 // between ShipStation's clock and ours, or a wrong guess of its zone, cancels out.
 // What remains is covered by the overlap and by shipment-id de-duplication (apply.ts).
+
+import { withDirectLock } from "../../db/direct-lock.js";
 import type { Pool } from "../../db/pool.js";
 import type { Logger } from "../../logger.js";
 import type { ShipStationAccount } from "../../outbound/shipstation-account.js";
 import { SHIPMENTS_MAX_PAGE_SIZE, toShipStationTime } from "../../outbound/shipstation-client.js";
 import type { WorkloadCheck } from "../../reactor/workload.js";
-import { withDirectLock } from "./direct-lock.js";
 import type { Walker } from "./fetch.js";
 import type { ShipmentsSettings } from "./settings.js";
 

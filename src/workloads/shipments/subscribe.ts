@@ -2,10 +2,11 @@
 // its own hook at start, unless ShipStation already lists that subscription. Replicas
 // starting together take an advisory lock first and look again inside it, so the
 // subscription is made once. The target URL holds the token: it is never logged.
+
+import { withDirectLock } from "../../db/direct-lock.js";
 import type { Logger } from "../../logger.js";
 import type { ShipStationAccount } from "../../outbound/shipstation-account.js";
 import type { WorkloadCheck } from "../../reactor/workload.js";
-import { withDirectLock } from "./direct-lock.js";
 
 /** Advisory lock key of the subscription step ("shipsubs" in ASCII). */
 const SUBSCRIBE_LOCK_KEY = 0x7368697073756273n;
