@@ -72,7 +72,7 @@ function unprimedCounterSeries(
     if (!(metric instanceof Counter)) continue;
     let combos: Array<Array<[string, string]>> = [[]];
     for (const label of labelNames) {
-      const domain = values[label];
+      const domain = values[`${name}:${label}`] ?? values[label];
       if (!domain) {
         missing.push(`${name}: no known values for label "${label}" (prime it in primeMetrics)`);
         combos = [];
@@ -95,6 +95,8 @@ const labelValues = (workloads: string[], channels: string[]) => ({
   outcome: COMPLETED_OUTCOMES,
   class: HTTP_CLASSES,
   source: ["webhook", "poll"],
+  // A label whose values differ by metric is named with it.
+  "reactor_import_files_total:outcome": ["imported", "duplicate", "failed"],
 });
 
 describe("primeMetrics", () => {
