@@ -74,27 +74,70 @@ export async function withDirectLock<T>(
   }
 }
 
+/** A direct connection kept for a series of short locks (one per file of a folder). */
+export interface DirectSession {
+  tryLock: TryLock;
+  /** Closes the connection now (shutdown); a later tryLock opens a new one. */
+  close(): Promise<void>;
+}
+
 /**
- * One direct connection for a series of short locks (one per file of a folder pass), so
- * each costs a round trip rather than a connection. Never waits for a lock: another
- * session holding it means another replica is doing that piece of work.
+ * One direct connection for many short locks, so each costs a round trip rather than a
+ * connection (tens of ms). Opened on first use and closed after `idleMs` without one, so
+ * an idle reactor holds no extra connection. Never waits for a lock: another session
+ * holding it means another replica is doing that piece of work. A failed query drops the
+ * connection (and with it any lock it held); the next tryLock connects again.
  */
-export async function withDirectSession<T>(
+export function makeDirectSession(
   url: string,
   name: string,
-  fn: (tryLock: TryLock) => Promise<T>,
-): Promise<T> {
-  const client = await connect(url, name);
-  try {
-    return await fn(async (key, run) => {
-      const { rows } = await client.query<{ ok: boolean }>(
-        "SELECT pg_try_advisory_lock($1) AS ok",
-        [key.toString()],
-      );
-      if (rows[0]?.ok !== true) return { locked: false };
-      return { locked: true, value: await holding(client, key, run) };
-    });
-  } finally {
-    await client.end().catch(() => undefined);
+  options: { idleMs: number },
+): DirectSession {
+  let client: Promise<pg.Client> | null = null;
+  let idle: NodeJS.Timeout | null = null;
+  let busy = 0;
+
+  async function drop() {
+    const current = client;
+    client = null;
+    if (current) await (await current.catch(() => null))?.end().catch(() => undefined);
   }
+
+  return {
+    async tryLock(key, run) {
+      if (idle) clearTimeout(idle);
+      idle = null;
+      busy++;
+      try {
+        client ??= connect(url, name);
+        const c = await client.catch(async (err) => {
+          client = null;
+          throw err;
+        });
+        let locked: boolean;
+        try {
+          const { rows } = await c.query<{ ok: boolean }>("SELECT pg_try_advisory_lock($1) AS ok", [
+            key.toString(),
+          ]);
+          locked = rows[0]?.ok === true;
+        } catch (err) {
+          await drop();
+          throw err;
+        }
+        if (!locked) return { locked: false };
+        return { locked: true, value: await holding(c, key, run) };
+      } finally {
+        busy--;
+        if (busy === 0 && client) {
+          idle = setTimeout(() => void drop(), options.idleMs);
+          idle.unref();
+        }
+      }
+    },
+    async close() {
+      if (idle) clearTimeout(idle);
+      idle = null;
+      await drop();
+    },
+  };
 }

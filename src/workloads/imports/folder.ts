@@ -20,7 +20,7 @@ import {
   writeFile,
 } from "node:fs/promises";
 import path from "node:path";
-import { type TryLock, withDirectSession } from "../../db/direct-lock.js";
+import { makeDirectSession } from "../../db/direct-lock.js";
 import type { Pool } from "../../db/pool.js";
 import type { Logger } from "../../logger.js";
 import type { WorkloadCheck } from "../../reactor/workload.js";
@@ -42,6 +42,8 @@ const OVERSIZED_SETTLE_MS = 2_000;
 const CHANGED_RETRY_MS = 250;
 /** The end of a document is looked for in its last this many bytes. */
 const TAIL_BYTES = 512;
+/** The lock connection is closed after this long without a file (none is held at idle). */
+const SESSION_IDLE_MS = 10_000;
 
 /** `*.xml` (any case), never a dot-file: producers write `.name.xml`, `name.tmp` or `name.part` and rename. */
 export function isCandidate(name: string): boolean {
@@ -129,6 +131,8 @@ export function makeFolderImporter(options: {
   const dir = path.resolve(options.dir);
   const graceMs = options.incompleteGraceMs ?? INCOMPLETE_GRACE_MS;
   const log = options.logger.child({ component: "import", folder: dir });
+  const session = makeDirectSession(options.directUrl, "import", { idleMs: SESSION_IDLE_MS });
+  const tryLock = session.tryLock;
   /** Names to look at in the next pass. */
   const due = new Set<string>();
   /** Files looked at and not taken yet, with when they last changed (by this clock). */
@@ -193,12 +197,10 @@ export function makeFolderImporter(options: {
       const names = [...due].sort();
       due.clear();
       try {
-        await withDirectSession(options.directUrl, "import", async (tryLock) => {
-          for (const name of names) {
-            if (stopped) return;
-            await take(name, tryLock);
-          }
-        });
+        for (const name of names) {
+          if (stopped) return;
+          await take(name);
+        }
       } catch (err) {
         // The database (or the folder) failed mid-pass. Files stay where they are; the
         // next rescan takes them again.
@@ -209,7 +211,7 @@ export function makeFolderImporter(options: {
   }
 
   /** Looks at one file and imports it if it is whole; otherwise says when to look again. */
-  async function take(name: string, tryLock: TryLock) {
+  async function take(name: string) {
     const file = path.join(dir, name);
     let st: Awaited<ReturnType<typeof stat>>;
     try {
@@ -390,6 +392,7 @@ export function makeFolderImporter(options: {
       if (timer) clearTimeout(timer);
       timer = null;
       await running;
+      await session.close();
     },
     state() {
       const now = Date.now();
