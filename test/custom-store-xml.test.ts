@@ -149,6 +149,18 @@ describe("Custom Store order XML", () => {
     );
   });
 
+  it("refuses a DTD (entity expansion, external entities) before reading anything", () => {
+    const bomb = `<?xml version="1.0"?>\n<!DOCTYPE Orders [<!ENTITY a "${"x".repeat(9000)}"><!ENTITY e SYSTEM "file:///etc/passwd">]>\n${doc(order({ OrderID: "&a;&a;&a;&e;" }))}`;
+    const result = parseCustomStoreXml(bomb);
+    expect(result).toEqual({
+      ok: false,
+      error:
+        "a DOCTYPE declaration at line 2, column 1: DTDs and entities are not accepted (Custom Store order XML has none)",
+      line: 2,
+      column: 1,
+    });
+  });
+
   it(`refuses more orders than the limit (${MAX_ORDERS_PER_DOCUMENT} by default) in one document`, () => {
     const one = order({ OrderID: "" });
     const result = parseCustomStoreXml(doc(one, one, one), { maxOrders: 2 });

@@ -260,6 +260,19 @@ function readOrder(node: Node): ImportedOrder {
 /** Reads a whole document: every order, or the first error and where it is. */
 export function parseCustomStoreXml(xml: string, limits: { maxOrders?: number } = {}): ParseResult {
   const maxOrders = limits.maxOrders ?? MAX_ORDERS_PER_DOCUMENT;
+  // A DTD is where entity bombs and external entities live; Custom Store XML has none.
+  const doctype = /<!DOCTYPE/i.exec(xml);
+  if (doctype) {
+    const before = xml.slice(0, doctype.index).split("\n");
+    const line = before.length;
+    const column = (before.at(-1)?.length ?? 0) + 1;
+    return {
+      ok: false,
+      error: `a DOCTYPE declaration at line ${line}, column ${column}: DTDs and entities are not accepted (Custom Store order XML has none)`,
+      line,
+      column,
+    };
+  }
   // Counted in the text before anything is built: a runaway export is refused without
   // its tree (about ten times the text) ever being held. A rough count (an <Order> in a
   // comment counts too); the exact one follows the parse.
