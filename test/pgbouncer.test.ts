@@ -1,6 +1,9 @@
 // The pooled path as the README documents it: DATABASE_URL through a real PgBouncer in
 // transaction mode (server connections shared between clients, so a statement's session
 // state never survives it), LISTEN_DATABASE_URL direct.
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import type { FastifyInstance } from "fastify";
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from "vitest";
 import type { App } from "../src/app.js";
@@ -18,6 +21,7 @@ import {
   startPgBouncer,
 } from "./helpers/pgbouncer.js";
 import { metricTotal, startReactor, startReplicas } from "./helpers/reactor.js";
+import { doc, order } from "./helpers/xml.js";
 
 /** Orders the two replicas upload; at the default 100 per call that is 10 calls. */
 const ORDERS = 1_000;
@@ -28,6 +32,7 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
   let uploadDb: TestDatabase;
   let failDb: TestDatabase;
   let shipDb: TestDatabase;
+  let importDb: TestDatabase;
   let fake: FakeShipStation;
   let apps: App[] = [];
   let server: FastifyInstance | null = null;
@@ -37,7 +42,8 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
     const bin = await pgbouncerForTests();
     fake = await startFakeShipStation();
     // One database per test: each has its own rate-limit budget and its own rows.
-    [queueDb, uploadDb, failDb, shipDb] = await Promise.all([
+    [queueDb, uploadDb, failDb, shipDb, importDb] = await Promise.all([
+      createTestDatabase(),
       createTestDatabase(),
       createTestDatabase(),
       createTestDatabase(),
@@ -47,7 +53,7 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
     bouncer = await startPgBouncer({
       bin,
       adminUrl: inject("adminUrl"),
-      databases: [queueDb.name, uploadDb.name, failDb.name, shipDb.name],
+      databases: [queueDb.name, uploadDb.name, failDb.name, shipDb.name, importDb.name],
     });
   });
   afterEach(async () => {
@@ -63,7 +69,7 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
   afterAll(async () => {
     await bouncer?.stop();
     await fake?.close();
-    await Promise.all([queueDb?.drop(), uploadDb?.drop(), failDb?.drop(), shipDb?.drop()]);
+    await Promise.all([queueDb, uploadDb, failDb, shipDb, importDb].map((db) => db?.drop()));
   });
 
   /** PgBouncer's clients and server connections for one database, from its admin console. */
@@ -229,6 +235,41 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
     fake.webhooks.length = 0;
     fake.shipments.length = 0;
     fake.batches.clear();
+  });
+
+  it("XML files in a shared folder are imported through the pool, each once, by two replicas", async (ctx) => {
+    skipWithoutPgbouncer(ctx, bouncer);
+    const dir = await mkdtemp(path.join(tmpdir(), "pg-reactor-pgbouncer-import-"));
+    try {
+      apps = await startReplicas(2, {
+        databaseUrl: bouncer.urlFor(importDb.name),
+        shipstationUrl: fake.url,
+        // The per-file lock needs a session: it is taken on the direct URL.
+        env: { LISTEN_DATABASE_URL: importDb.url, IMPORT_DIR: dir },
+      });
+      await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          writeFile(path.join(dir, `pool-${i}.xml`), doc(order(`pb${i}-1`), order(`pb${i}-2`))),
+        ),
+      );
+      await waitFor(async () => (await readdir(path.join(dir, "processed"))).length === 20, {
+        what: "20 files in processed/",
+      });
+      await waitFor(() => fake.received.size === 40, { what: "40 orders at ShipStation" });
+      expect([...fake.received.values()].every((n) => n === 1)).toBe(true);
+      const { rows } = await importDb.pool.query(
+        "SELECT count(*)::int AS files, sum(orders)::int AS orders FROM import_files WHERE state = 'imported'",
+      );
+      expect(rows[0]).toEqual({ files: 20, orders: 40 });
+      const drainErrors = await Promise.all(
+        apps.map((app) => metricTotal(app.metrics.drainErrors)),
+      );
+      expect(drainErrors).toEqual([0, 0]);
+    } finally {
+      await Promise.all(apps.map((app) => app.stop(1_000)));
+      apps = [];
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("failing drains make /health/ready 503 and count in /metrics, and both recover once fixed", async (ctx) => {
