@@ -149,6 +149,16 @@ describe("Custom Store order XML", () => {
     );
   });
 
+  it("refuses a NUL character (PostgreSQL cannot store one) naming the order and the field", () => {
+    const result = parseCustomStoreXml(
+      doc(order(), order({ OrderNumber: "N-2" }).replace("<City>", "<City>Aus\u0000")),
+    );
+    expect(result).toMatchObject({
+      ok: false,
+      error: "Order 2 (OrderNumber N-2): Customer/ShipTo/City contains a NUL character",
+    });
+  });
+
   it("refuses a DTD (entity expansion, external entities) before reading anything", () => {
     const bomb = `<?xml version="1.0"?>\n<!DOCTYPE Orders [<!ENTITY a "${"x".repeat(9000)}"><!ENTITY e SYSTEM "file:///etc/passwd">]>\n${doc(order({ OrderID: "&a;&a;&a;&e;" }))}`;
     const result = parseCustomStoreXml(bomb);

@@ -2,6 +2,7 @@
 // events, the rescan, replicas sharing the folder), through POST /admin/imports, and
 // through `pg-reactor import`. Orders reach the fake ShipStation; files end in
 // processed/ or failed/ with an error file; import_files and the metric agree.
+import { execFileSync } from "node:child_process";
 import {
   appendFile,
   mkdir,
@@ -10,6 +11,7 @@ import {
   readFile,
   rename,
   rm,
+  symlink,
   truncate,
   writeFile,
 } from "node:fs/promises";
@@ -190,6 +192,31 @@ describe("XML order import", () => {
     await waitFor(processed("upload.xml"), { what: "upload.xml in processed/" });
     expect(await list()).toEqual([".hidden.xml", "failed", "processed", "upload.part"]);
     expect(await outcomes(app)).toEqual({ imported: 2, duplicate: 0, failed: 0 });
+  });
+
+  it("a symbolic link is refused unread; a FIFO and a folder named .xml are never opened; the rest flows", async () => {
+    const outside = await mkdtemp(path.join(tmpdir(), "pg-reactor-outside-"));
+    try {
+      await writeFile(path.join(outside, "secret.xml"), doc(order("x1")));
+      await symlink(path.join(outside, "secret.xml"), path.join(dir, "link.xml"));
+      execFileSync("mkfifo", [path.join(dir, "pipe.xml")]);
+      await mkdir(path.join(dir, "folder.xml"));
+      const app = await start();
+      await writeFile(path.join(dir, "fine.xml"), doc(order("y1")));
+      await waitFor(processed("fine.xml"), { what: "fine.xml in processed/" });
+      await waitFor(async () => (await list("failed")).includes("link.xml"), {
+        what: "link.xml in failed/",
+      });
+      expect(await readFile(path.join(dir, "failed", "link.xml.error.txt"), "utf8")).toBe(
+        "a symbolic link is not imported: put the file itself in the folder\n",
+      );
+      expect(await list()).toEqual(["failed", "folder.xml", "pipe.xml", "processed"]);
+      expect(fake.received.has("x1")).toBe(false);
+      await waitFor(() => fake.received.get("y1") === 1, { what: "y1 at ShipStation" });
+      expect(await outcomes(app)).toEqual({ imported: 1, duplicate: 0, failed: 1 });
+    } finally {
+      await rm(outside, { recursive: true, force: true });
+    }
   });
 
   it("two replicas sharing the folder import each of 20 files once", async () => {

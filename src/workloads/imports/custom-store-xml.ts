@@ -81,24 +81,26 @@ function asNode(value: unknown): Node {
 }
 
 /** The text of a child element, or undefined when it is absent or empty. */
-function text(node: Node, name: string): string | undefined {
+function text(node: Node, name: string, where = name): string | undefined {
   const value = node[name];
   if (value === undefined || value === null) return undefined;
   if (typeof value === "object") {
-    throw new FieldError(`${name} must be text, not nested elements`);
+    throw new FieldError(`${where} must be text, not nested elements`);
   }
   const s = String(value).trim();
+  // PostgreSQL text and jsonb cannot hold U+0000: refused here, with the field named.
+  if (s.includes("\u0000")) throw new FieldError(`${where} contains a NUL character`);
   return s === "" ? undefined : s;
 }
 
 function required(node: Node, name: string, where = name): string {
-  const value = text(node, name);
+  const value = text(node, name, where);
   if (value === undefined) throw new FieldError(`${where} is required`);
   return value;
 }
 
 function decimal(node: Node, name: string, where = name): number | undefined {
-  const value = text(node, name);
+  const value = text(node, name, where);
   if (value === undefined) return undefined;
   if (!DECIMAL.test(value))
     throw new FieldError(`${where} must be a decimal number, got "${value.slice(0, 40)}"`);
@@ -156,21 +158,21 @@ function readAddress(node: Node, kind: "BillTo" | "ShipTo"): Record<string, unkn
   if (node[kind] === undefined) throw new FieldError(`Customer/${kind} is required`);
   return defined({
     name: required(a, "Name", `Customer/${kind}/Name`),
-    company: text(a, "Company"),
-    street1: text(a, "Address1"),
-    street2: text(a, "Address2"),
-    city: text(a, "City"),
-    state: text(a, "State"),
-    postalCode: text(a, "PostalCode"),
-    country: text(a, "Country"),
-    phone: text(a, "Phone"),
-    email: text(a, "Email"),
+    company: text(a, "Company", `Customer/${kind}/Company`),
+    street1: text(a, "Address1", `Customer/${kind}/Address1`),
+    street2: text(a, "Address2", `Customer/${kind}/Address2`),
+    city: text(a, "City", `Customer/${kind}/City`),
+    state: text(a, "State", `Customer/${kind}/State`),
+    postalCode: text(a, "PostalCode", `Customer/${kind}/PostalCode`),
+    country: text(a, "Country", `Customer/${kind}/Country`),
+    phone: text(a, "Phone", `Customer/${kind}/Phone`),
+    email: text(a, "Email", `Customer/${kind}/Email`),
   });
 }
 
 function readItem(node: Node, index: number): Record<string, unknown> {
   const where = (field: string) => `Items/Item[${index + 1}]/${field}`;
-  const quantity = text(node, "Quantity");
+  const quantity = text(node, "Quantity", where("Quantity"));
   if (quantity === undefined) throw new FieldError(`${where("Quantity")} is required`);
   if (!/^\d{1,9}$/.test(quantity) || Number(quantity) < 1) {
     throw new FieldError(
@@ -178,7 +180,7 @@ function readItem(node: Node, index: number): Record<string, unknown> {
     );
   }
   const weight = decimal(node, "Weight", where("Weight"));
-  const unitsText = text(node, "WeightUnits");
+  const unitsText = text(node, "WeightUnits", where("WeightUnits"));
   const units = unitsText === undefined ? undefined : WEIGHT_UNITS[unitsText.toLowerCase()];
   if (unitsText !== undefined && units === undefined) {
     throw new FieldError(
@@ -187,20 +189,20 @@ function readItem(node: Node, index: number): Record<string, unknown> {
   }
   const options = (asNode(node.Options).Option as unknown[] | undefined) ?? [];
   return defined({
-    lineItemKey: text(node, "LineItemID"),
-    sku: text(node, "SKU"),
+    lineItemKey: text(node, "LineItemID", where("LineItemID")),
+    sku: text(node, "SKU", where("SKU")),
     name: required(node, "Name", where("Name")),
-    imageUrl: text(node, "ImageUrl"),
+    imageUrl: text(node, "ImageUrl", where("ImageUrl")),
     weight: weight === undefined ? undefined : { value: weight, units: units ?? "ounces" },
     quantity: Number(quantity),
     unitPrice: decimal(node, "UnitPrice", where("UnitPrice")),
-    warehouseLocation: text(node, "Location"),
+    warehouseLocation: text(node, "Location", where("Location")),
     options: options.length
       ? options.map((o, i) => {
           const option = asNode(o);
           return {
             name: required(option, "Name", `${where("Options/Option")}[${i + 1}]/Name`),
-            value: text(option, "Value") ?? "",
+            value: text(option, "Value", `${where("Options/Option")}[${i + 1}]/Value`) ?? "",
           };
         })
       : undefined,

@@ -7,10 +7,11 @@
 // out, so replicas sharing the folder import it once. The lock is taken on a direct
 // connection (see db/direct-lock.ts); the import itself runs on the pool.
 import { createHash } from "node:crypto";
-import { createReadStream, type FSWatcher, watch } from "node:fs";
+import { createReadStream, type FSWatcher, type Stats, watch } from "node:fs";
 import {
   access,
   constants,
+  lstat,
   mkdir,
   open,
   readdir,
@@ -80,6 +81,12 @@ async function sha256Of(file: string): Promise<string> {
 
 const isMissing = (err: unknown) => (err as { code?: string }).code === "ENOENT";
 
+/** An error of the file system about one path (not the database, not the network). */
+const isFileError = (err: unknown) => {
+  const e = err as { syscall?: unknown; path?: unknown };
+  return typeof e.syscall === "string" && typeof e.path === "string";
+};
+
 /** `name`, or `name` with a time (and a counter) before the extension if it is taken. */
 async function freeName(dir: string, name: string): Promise<string> {
   const ext = path.extname(name);
@@ -104,6 +111,8 @@ export interface FolderState {
   watching: boolean;
   /** What keeps files from being imported (a missing folder, no write access), or null. */
   problem: string | null;
+  /** Files that cannot be read, with why. */
+  unreadable: Array<{ file: string; error: string }>;
   lastScanAt: Date | null;
   /** Files seen but not taken yet: still being written, or settling. */
   waiting: Array<{ file: string; bytes: number; quietSeconds: number }>;
@@ -141,6 +150,8 @@ export function makeFolderImporter(options: {
   const later = new Map<string, number>();
   /** Files taken whose move failed: `size:mtime` of the file as it was. */
   const unmovable = new Map<string, string>();
+  /** Files that could not be read, with why (cleared once read, or gone). */
+  const fileErrors = new Map<string, string>();
   let watcher: FSWatcher | null = null;
   let watchedIno: number | null = null;
   let timer: NodeJS.Timeout | null = null;
@@ -199,7 +210,17 @@ export function makeFolderImporter(options: {
       try {
         for (const name of names) {
           if (stopped) return;
-          await take(name);
+          try {
+            await take(name);
+            fileErrors.delete(name);
+          } catch (err) {
+            // One file the reactor cannot read (permissions, an I/O error) stays where it
+            // is and is tried again at the next rescan; the other files go on.
+            if (!isFileError(err)) throw err;
+            const message = `cannot read ${name}: ${(err as Error).message}`;
+            if (fileErrors.get(name) !== message) log.warn({ file: name }, message);
+            fileErrors.set(name, message);
+          }
         }
       } catch (err) {
         // The database (or the folder) failed mid-pass. Files stay where they are; the
@@ -213,14 +234,31 @@ export function makeFolderImporter(options: {
   /** Looks at one file and imports it if it is whole; otherwise says when to look again. */
   async function take(name: string) {
     const file = path.join(dir, name);
-    let st: Awaited<ReturnType<typeof stat>>;
+    let st: Stats;
     try {
-      st = await stat(file);
+      st = await lstat(file);
     } catch (err) {
       if (!isMissing(err)) throw err;
       forget(name);
       return;
     }
+    if (st.isSymbolicLink()) {
+      // A link could make the reactor read (and quote in an error file) a file the
+      // producer may not read itself: refused unread, moved out of the way.
+      const taken = await tryLock(lockKey(name), () =>
+        settle(name, {
+          outcome: "failed",
+          fileName: name,
+          sha256: "",
+          fileId: null,
+          orders: { inserted: 0, updated: 0, unchanged: 0 },
+          error: "a symbolic link is not imported: put the file itself in the folder",
+        }),
+      );
+      if (taken.locked) forget(name);
+      return;
+    }
+    // A folder, a FIFO or a device with an .xml name is not a document: never opened.
     if (!st.isFile()) return;
     const now = Date.now();
     const prev = seen.get(name);
@@ -272,6 +310,7 @@ export function makeFolderImporter(options: {
 
   function forget(name: string) {
     seen.delete(name);
+    fileErrors.delete(name);
     later.delete(name);
     unmovable.delete(name);
   }
@@ -400,6 +439,7 @@ export function makeFolderImporter(options: {
         folder: dir,
         watching: watcher !== null,
         problem,
+        unreadable: [...fileErrors.entries()].map(([file, error]) => ({ file, error })),
         lastScanAt,
         waiting: [...seen.entries()].map(([file, s]) => ({
           file,
@@ -410,8 +450,10 @@ export function makeFolderImporter(options: {
       };
     },
     check() {
-      return problem
-        ? { name: "folder", status: "warn", observedValue: false, output: problem }
+      const [unreadable] = fileErrors.values();
+      const output = problem ?? unreadable;
+      return output
+        ? { name: "folder", status: "warn", observedValue: false, output }
         : { name: "folder", status: "pass", observedValue: true };
     },
   };
