@@ -219,6 +219,27 @@ describe("XML order import", () => {
     }
   });
 
+  it("a file that cannot be moved out is imported once, warned about, and moved once the folder is fixed", async () => {
+    await db.pool.query(
+      "INSERT INTO configuration_params (category, parameter_name, value) VALUES ('reactor', 'poll_interval_seconds', '1')",
+    );
+    const app = await start();
+    await waitFor(async () => (await list()).includes("processed"), { what: "processed/ made" });
+    // processed/ replaced by a file: tests run as root, where permissions would not stop a rename.
+    await rm(path.join(dir, "processed"), { recursive: true });
+    await writeFile(path.join(dir, "processed"), "not a folder");
+    await writeFile(path.join(dir, "stuck.xml"), doc(order("w1")));
+    const check = () => app.sources[0]?.instance.checks?.()[0];
+    await waitFor(() => check()?.status === "warn", { what: "imports:folder warns" });
+    expect(check()?.output).toMatch(/processed/);
+    await waitFor(() => fake.received.get("w1") === 1, { what: "w1 at ShipStation" });
+    await rm(path.join(dir, "processed"));
+    await waitFor(processed("stuck.xml"), { what: "stuck.xml in processed/ after the fix" });
+    await waitFor(() => check()?.status === "pass", { what: "imports:folder passes again" });
+    expect(await outcomes(app)).toEqual({ imported: 1, duplicate: 0, failed: 0 });
+    expect(await files()).toHaveLength(1);
+  });
+
   it("two replicas sharing the folder import each of 20 files once", async () => {
     // Half the files are there before the replicas start (the start rescan), half land after.
     const write = (i: number) =>

@@ -149,7 +149,7 @@ export function makeFolderImporter(options: {
   /** Files to look at again at a time (incomplete, settling, changed while read). */
   const later = new Map<string, number>();
   /** Files taken whose move failed: `size:mtime` of the file as it was. */
-  const unmovable = new Map<string, string>();
+  const unmovable = new Map<string, { stamp: string; to: string; errorText?: string }>();
   /** Files that could not be read, with why (cleared once read, or gone). */
   const fileErrors = new Map<string, string>();
   let watcher: FSWatcher | null = null;
@@ -239,7 +239,7 @@ export function makeFolderImporter(options: {
       st = await lstat(file);
     } catch (err) {
       if (!isMissing(err)) throw err;
-      forget(name);
+      gone(name);
       return;
     }
     if (st.isSymbolicLink()) {
@@ -268,9 +268,10 @@ export function makeFolderImporter(options: {
     const quietMs = now - entry.changedAt;
     const stamp = `${st.size}:${st.mtimeMs}`;
 
-    if (unmovable.get(name) === stamp) {
-      // Imported already; only its move failed.
-      await tryLock(lockKey(name), () => move(name, PROCESSED_DIR));
+    const stuck = unmovable.get(name);
+    if (stuck?.stamp === stamp) {
+      // Taken already; only its move failed (an unwritable processed/ or failed/).
+      await tryLock(lockKey(name), () => move(name, stuck.to, stuck.errorText));
       return;
     }
     if (st.size > MAX_DOCUMENT_BYTES) {
@@ -308,10 +309,16 @@ export function makeFolderImporter(options: {
     else recheck(name, CHANGED_RETRY_MS);
   }
 
+  /** Done looking at a file for now (taken, or another replica's). */
   function forget(name: string) {
     seen.delete(name);
     fileErrors.delete(name);
     later.delete(name);
+  }
+
+  /** The file is gone from the folder: nothing about it is kept. */
+  function gone(name: string) {
+    forget(name);
     unmovable.delete(name);
   }
 
@@ -349,17 +356,16 @@ export function makeFolderImporter(options: {
     const from = path.join(dir, name);
     const target = path.join(dir, to);
     try {
-      await stat(from);
       const free = await freeName(target, name);
       if (errorText !== undefined)
         await writeFile(path.join(target, `${free}.error.txt`), errorText);
       await rename(from, path.join(target, free));
       unmovable.delete(name);
     } catch (err) {
+      const st = await lstat(from).catch(() => null);
       // Gone: another replica (or a person) moved it.
-      if (isMissing(err)) return;
-      const st = await stat(from).catch(() => null);
-      if (st && to === PROCESSED_DIR) unmovable.set(name, `${st.size}:${st.mtimeMs}`);
+      if (!st) return;
+      unmovable.set(name, { stamp: `${st.size}:${st.mtimeMs}`, to, errorText });
       setProblem(`cannot move ${name} to ${to}/: ${(err as Error).message}`);
     }
   }
@@ -411,7 +417,9 @@ export function makeFolderImporter(options: {
     }
     if (unmovable.size === 0) setProblem(null);
     const present = new Set(names.filter(isCandidate));
-    for (const name of [...seen.keys()]) if (!present.has(name)) forget(name);
+    for (const name of new Set([...seen.keys(), ...unmovable.keys()])) {
+      if (!present.has(name)) gone(name);
+    }
     for (const name of present) if (!later.has(name)) due.add(name);
     kick();
     await running;
