@@ -7,27 +7,55 @@ import pg from "pg";
 
 /** Connecting for the lock gives up after this long (the job runs again next interval). */
 const CONNECT_TIMEOUT_MS = 5_000;
+/**
+ * A lock or unlock query gives up after this long (plus any lock wait): a server, pooler or
+ * network path that stops answering must not hold a job (or shutdown) for ever.
+ */
+const QUERY_TIMEOUT_MS = 10_000;
+/** Closing politely waits this long before the socket is destroyed (a frozen peer never answers). */
+const END_TIMEOUT_MS = 1_000;
 
 export type Locked<T> = { locked: true; value: T } | { locked: false };
 
 /** Tries one lock on an open session: runs `run` while holding it, or returns at once. */
 export type TryLock = <T>(key: bigint, run: () => Promise<T>) => Promise<Locked<T>>;
 
-async function connect(url: string, name: string): Promise<pg.Client> {
+async function connect(url: string, name: string, waitMs = 0): Promise<pg.Client> {
   const client = new pg.Client({
     connectionString: url,
     application_name: `pg-reactor ${name}`,
     connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    query_timeout: QUERY_TIMEOUT_MS + waitMs,
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 10_000,
   });
   // An error on the idle connection surfaces as the failure of the next query.
   client.on("error", () => undefined);
   try {
     await client.connect();
   } catch (err) {
-    await client.end().catch(() => undefined);
+    await close(client);
     throw err;
   }
   return client;
+}
+
+/** Ends the connection, or destroys its socket when the peer does not answer the goodbye. */
+async function close(client: pg.Client): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const ended = client.end().then(
+    () => true,
+    () => false,
+  );
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), END_TIMEOUT_MS);
+  });
+  const ok = await Promise.race([ended, late]);
+  clearTimeout(timer);
+  if (!ok)
+    (
+      client as unknown as { connection?: { stream?: { destroy(): void } } }
+    ).connection?.stream?.destroy();
 }
 
 async function holding<T>(client: pg.Client, key: bigint, run: () => Promise<T>): Promise<T> {
@@ -48,7 +76,7 @@ export async function withDirectLock<T>(
   options: { name: string; waitMs?: number },
   fn: () => Promise<T>,
 ): Promise<Locked<T>> {
-  const client = await connect(url, options.name);
+  const client = await connect(url, options.name, options.waitMs);
   try {
     let locked: boolean;
     if (options.waitMs) {
@@ -70,7 +98,7 @@ export async function withDirectLock<T>(
     if (!locked) return { locked: false };
     return { locked: true, value: await holding(client, key, fn) };
   } finally {
-    await client.end().catch(() => undefined);
+    await close(client);
   }
 }
 
@@ -100,7 +128,8 @@ export function makeDirectSession(
   async function drop() {
     const current = client;
     client = null;
-    if (current) await (await current.catch(() => null))?.end().catch(() => undefined);
+    const open = await current?.catch(() => null);
+    if (open) await close(open);
   }
 
   return {
@@ -125,7 +154,12 @@ export function makeDirectSession(
           throw err;
         }
         if (!locked) return { locked: false };
-        return { locked: true, value: await holding(c, key, run) };
+        try {
+          return { locked: true, value: await run() };
+        } finally {
+          // An unlock that failed leaves the lock held on that connection: drop it.
+          await c.query("SELECT pg_advisory_unlock($1)", [key.toString()]).catch(() => drop());
+        }
       } finally {
         busy--;
         if (busy === 0 && client) {

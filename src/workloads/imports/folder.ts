@@ -6,6 +6,7 @@
 // Each file is taken under an advisory lock on its name, held until it has been moved
 // out, so replicas sharing the folder import it once. The lock is taken on a direct
 // connection (see db/direct-lock.ts); the import itself runs on the pool.
+import { isUtf8 } from "node:buffer";
 import { createHash } from "node:crypto";
 import { createReadStream, type FSWatcher, type Stats, watch } from "node:fs";
 import {
@@ -45,6 +46,11 @@ const CHANGED_RETRY_MS = 250;
 const TAIL_BYTES = 512;
 /** The lock connection is closed after this long without a file (none is held at idle). */
 const SESSION_IDLE_MS = 10_000;
+/** A file whose import failed (the database away, say) is tried again after 1 s, 2 s, … up to this. */
+const RETRY_MAX_MS = 60_000;
+/** The longest file name (in bytes) Linux, macOS and Windows file systems take. */
+const MAX_NAME_BYTES = 255;
+const ERROR_SUFFIX = ".error.txt";
 
 /** `*.xml` (any case), never a dot-file: producers write `.name.xml`, `name.tmp` or `name.part` and rename. */
 export function isCandidate(name: string): boolean {
@@ -53,7 +59,16 @@ export function isCandidate(name: string): boolean {
 
 /** The document's last non-blank bytes close the <Orders> root: it was written to the end. */
 export function endsWithRoot(tail: Buffer): boolean {
-  return /<\/Orders\s*>\s*$/.test(tail.toString("latin1"));
+  return /(?:<\/Orders\s*>|<Orders\s*\/>)\s*$/.test(tail.toString("latin1"));
+}
+
+/** `stem + suffix`, the stem cut (by whole characters) so the name fits MAX_NAME_BYTES. */
+export function fitName(stem: string, suffix: string): string {
+  const chars = [...stem];
+  while (chars.length > 1 && Buffer.byteLength(chars.join("") + suffix) > MAX_NAME_BYTES) {
+    chars.pop();
+  }
+  return chars.join("") + suffix;
 }
 
 /** The advisory lock of one file name (the same on every replica sharing the folder). */
@@ -96,7 +111,7 @@ async function freeName(dir: string, name: string): Promise<string> {
     .replace(/[-:]/g, "")
     .replace(/\.\d+Z$/, "Z");
   for (let n = 0; ; n++) {
-    const candidate = n === 0 ? name : `${stem}.${stamp}${n > 1 ? `-${n}` : ""}${ext}`;
+    const candidate = n === 0 ? name : fitName(stem, `.${stamp}${n > 1 ? `-${n}` : ""}${ext}`);
     try {
       await stat(path.join(dir, candidate));
     } catch (err) {
@@ -111,7 +126,7 @@ export interface FolderState {
   watching: boolean;
   /** What keeps files from being imported (a missing folder, no write access), or null. */
   problem: string | null;
-  /** Files that cannot be read, with why. */
+  /** Files that cannot be read or imported (tried again), or are badly named, with why. */
   unreadable: Array<{ file: string; error: string }>;
   lastScanAt: Date | null;
   /** Files seen but not taken yet: still being written, or settling. */
@@ -148,15 +163,23 @@ export function makeFolderImporter(options: {
   const seen = new Map<string, { size: number; mtimeMs: number; changedAt: number }>();
   /** Files to look at again at a time (incomplete, settling, changed while read). */
   const later = new Map<string, number>();
-  /** Files taken whose move failed: `size:mtime` of the file as it was. */
-  const unmovable = new Map<string, { stamp: string; to: string; errorText?: string }>();
+  /** Files taken whose move failed: `size:mtime` of the file as it was, and why. */
+  const unmovable = new Map<
+    string,
+    { stamp: string; ino: number; to: string; errorText?: string; error: string }
+  >();
   /** Files that could not be read, with why (cleared once read, or gone). */
   const fileErrors = new Map<string, string>();
+  /** Files whose import failed (not refused: the database away, say), tried again with backoff. */
+  const failures = new Map<string, { error: string; attempts: number }>();
+  /** Names that are not UTF-8 (from another system's encoding): reported, not taken. */
+  let badNames: string[] = [];
   let watcher: FSWatcher | null = null;
   let watchedIno: number | null = null;
   let timer: NodeJS.Timeout | null = null;
   let running: Promise<void> | null = null;
   let stopped = true;
+  /** What keeps the whole folder from being used (missing, not writable, not watchable). */
   let problem: string | null = null;
   let lastScanAt: Date | null = null;
   let lastFile: FolderState["lastFile"] = null;
@@ -207,28 +230,40 @@ export function makeFolderImporter(options: {
     while (due.size > 0 && !stopped) {
       const names = [...due].sort();
       due.clear();
-      try {
-        for (const name of names) {
-          if (stopped) return;
-          try {
-            await take(name);
-            fileErrors.delete(name);
-          } catch (err) {
-            // One file the reactor cannot read (permissions, an I/O error) stays where it
-            // is and is tried again at the next rescan; the other files go on.
-            if (!isFileError(err)) throw err;
-            const message = `cannot read ${name}: ${(err as Error).message}`;
-            if (fileErrors.get(name) !== message) log.warn({ file: name }, message);
-            fileErrors.set(name, message);
-          }
+      for (const name of names) {
+        if (stopped) return;
+        try {
+          await take(name);
+          fileErrors.delete(name);
+          failures.delete(name);
+        } catch (err) {
+          failed(name, err);
         }
-      } catch (err) {
-        // The database (or the folder) failed mid-pass. Files stay where they are; the
-        // next rescan takes them again.
-        log.warn({ err: (err as Error).message }, "import pass failed; the next rescan retries");
-        return;
       }
     }
+  }
+
+  /**
+   * One file could not be taken. It stays where it is and the other files go on: a file
+   * the reactor cannot read is tried at the next rescan; one whose import failed (the
+   * database away, a timeout) again after a backoff.
+   */
+  function failed(name: string, err: unknown) {
+    if (isFileError(err)) {
+      const message = `cannot read ${name}: ${(err as Error).message}`;
+      if (fileErrors.get(name) !== message) log.warn({ file: name }, message);
+      fileErrors.set(name, message);
+      return;
+    }
+    const before = failures.get(name);
+    const error = `cannot import ${name}: ${(err as Error).message}`;
+    const attempts = (before?.attempts ?? 0) + 1;
+    const retryMs = Math.min(RETRY_MAX_MS, 1000 * 2 ** (attempts - 1));
+    if (before?.error !== error) {
+      log.warn({ file: name, retryInSeconds: retryMs / 1000 }, `${error}; tried again later`);
+    }
+    failures.set(name, { error, attempts });
+    recheck(name, retryMs);
   }
 
   /** Looks at one file and imports it if it is whole; otherwise says when to look again. */
@@ -246,7 +281,7 @@ export function makeFolderImporter(options: {
       // A link could make the reactor read (and quote in an error file) a file the
       // producer may not read itself: refused unread, moved out of the way.
       const taken = await tryLock(lockKey(name), () =>
-        settle(name, {
+        settle(name, st.ino, {
           outcome: "failed",
           fileName: name,
           sha256: "",
@@ -269,9 +304,9 @@ export function makeFolderImporter(options: {
     const stamp = `${st.size}:${st.mtimeMs}`;
 
     const stuck = unmovable.get(name);
-    if (stuck?.stamp === stamp) {
+    if (stuck?.stamp === stamp && stuck.ino === st.ino) {
       // Taken already; only its move failed (an unwritable processed/ or failed/).
-      await tryLock(lockKey(name), () => move(name, stuck.to, stuck.errorText));
+      await tryLock(lockKey(name), () => move(name, st.ino, stuck.to, stuck.errorText));
       return;
     }
     if (st.size > MAX_DOCUMENT_BYTES) {
@@ -279,7 +314,8 @@ export function makeFolderImporter(options: {
       const taken = await tryLock(lockKey(name), async () => {
         const sha256 = await sha256Of(file);
         const error = `the file is ${st.size} bytes; at most ${MAX_DOCUMENT_BYTES} are imported from one document (split it)`;
-        await settle(name, await recordRefusal(options.pool, { fileName: name, sha256, error }));
+        const result = await recordRefusal(options.pool, { fileName: name, sha256, error });
+        await settle(name, st.ino, result);
       });
       if (taken.locked) forget(name);
       return;
@@ -291,8 +327,10 @@ export function makeFolderImporter(options: {
       let content: Buffer;
       try {
         content = await readFile(file);
-        const after = await stat(file);
-        if (after.size !== content.length || after.mtimeMs !== st.mtimeMs) return "changed";
+        const after = await lstat(file);
+        const same =
+          after.ino === st.ino && after.size === content.length && after.mtimeMs === st.mtimeMs;
+        if (!same) return "changed";
       } catch (err) {
         if (isMissing(err)) return "gone";
         throw err;
@@ -301,7 +339,7 @@ export function makeFolderImporter(options: {
       if (result.outcome === "failed" && !whole) {
         result.error = `${result.error} (the file does not end with </Orders> and did not change for ${Math.round(graceMs / 1000)} s: was it still being written? Write it under a .tmp name and rename it when complete)`;
       }
-      await settle(name, result);
+      await settle(name, st.ino, result);
       return "done";
     });
     // Not locked: another replica is taking it, and moves it when done.
@@ -320,10 +358,11 @@ export function makeFolderImporter(options: {
   function gone(name: string) {
     forget(name);
     unmovable.delete(name);
+    failures.delete(name);
   }
 
   /** Records what became of a file and moves it out of the way. */
-  async function settle(name: string, result: ImportResult) {
+  async function settle(name: string, ino: number, result: ImportResult) {
     options.counted(result.outcome);
     lastFile = {
       file: name,
@@ -333,7 +372,7 @@ export function makeFolderImporter(options: {
     };
     if (result.outcome === "failed") {
       log.warn({ file: name, fileId: result.fileId, error: result.error }, "import file refused");
-      await move(name, FAILED_DIR, `${result.error}\n`);
+      await move(name, ino, FAILED_DIR, `${result.error}\n`);
     } else {
       log.info(
         {
@@ -347,26 +386,59 @@ export function makeFolderImporter(options: {
           ? "import file imported"
           : "import file is a duplicate of one imported before",
       );
-      await move(name, PROCESSED_DIR);
+      await move(name, ino, PROCESSED_DIR);
     }
   }
 
-  /** Moves a file to processed/ or failed/ (with its error beside it); a failure is a problem, not a throw. */
-  async function move(name: string, to: string, errorText?: string) {
+  /**
+   * Moves the file that was read (inode `ino`) to processed/ or failed/, with its error
+   * beside it. A different file now at that path (renamed over it by a producer while it
+   * was imported) is left, or put back, for its own import. A failure is a problem on
+   * imports:folder, not a throw: the move alone is tried again.
+   */
+  async function move(name: string, ino: number, to: string, errorText?: string) {
     const from = path.join(dir, name);
     const target = path.join(dir, to);
     try {
+      const now = await lstat(from).catch(() => null);
+      // Gone: another replica (or a person) moved it. Replaced: the new file is taken anew.
+      if (!now || now.ino !== ino) return replaced(name, now !== null);
+      const kind = await lstat(target);
+      // A link would make the reactor write where the producer points it.
+      if (!kind.isDirectory()) {
+        throw new Error(`${to}/ must be a folder inside IMPORT_DIR, not a link or a file`);
+      }
       const free = await freeName(target, name);
-      if (errorText !== undefined)
-        await writeFile(path.join(target, `${free}.error.txt`), errorText);
+      if (errorText !== undefined) {
+        const errorName = await freeName(target, fitName(free, ERROR_SUFFIX));
+        await writeFile(path.join(target, errorName), errorText);
+      }
       await rename(from, path.join(target, free));
-      unmovable.delete(name);
+      const moved = await lstat(path.join(target, free));
+      if (moved.ino !== ino) {
+        // Renamed over in the instant between the check and the move: put it back.
+        await rename(path.join(target, free), path.join(dir, await freeName(dir, name)));
+        return replaced(name, true);
+      }
+      if (unmovable.delete(name)) log.info({ file: name, to }, "import file moved after all");
     } catch (err) {
       const st = await lstat(from).catch(() => null);
-      // Gone: another replica (or a person) moved it.
-      if (!st) return;
-      unmovable.set(name, { stamp: `${st.size}:${st.mtimeMs}`, to, errorText });
-      setProblem(`cannot move ${name} to ${to}/: ${(err as Error).message}`);
+      if (!st || st.ino !== ino) return replaced(name, st !== null);
+      const error = `cannot move ${name} to ${to}/: ${(err as Error).message}`;
+      if (unmovable.get(name)?.error !== error) log.error({ file: name }, error);
+      unmovable.set(name, { stamp: `${st.size}:${st.mtimeMs}`, ino, to, errorText, error });
+    }
+  }
+
+  /** The file taken is no longer at its name; a new one there (if any) is looked at anew. */
+  function replaced(name: string, present: boolean) {
+    unmovable.delete(name);
+    if (present) {
+      log.info(
+        { file: name },
+        "import file was replaced while it was imported; the new one is next",
+      );
+      recheck(name, 0);
     }
   }
 
@@ -406,7 +478,13 @@ export function makeFolderImporter(options: {
     let names: string[];
     try {
       await ensureFolder();
-      names = await readdir(dir);
+      // Read as bytes: a name from another system's encoding is reported, not lost.
+      const raw = await readdir(dir, { encoding: "buffer" });
+      names = raw.filter((b) => isUtf8(b)).map((b) => b.toString("utf8"));
+      badNames = raw
+        .filter((b) => !isUtf8(b))
+        .map((b) => b.toString("latin1"))
+        .filter(isCandidate);
     } catch (err) {
       setProblem(
         isMissing(err)
@@ -415,9 +493,9 @@ export function makeFolderImporter(options: {
       );
       return;
     }
-    if (unmovable.size === 0) setProblem(null);
+    setProblem(null);
     const present = new Set(names.filter(isCandidate));
-    for (const name of new Set([...seen.keys(), ...unmovable.keys()])) {
+    for (const name of new Set([...seen.keys(), ...unmovable.keys(), ...failures.keys()])) {
       if (!present.has(name)) gone(name);
     }
     for (const name of present) if (!later.has(name)) due.add(name);
@@ -446,23 +524,36 @@ export function makeFolderImporter(options: {
       return {
         folder: dir,
         watching: watcher !== null,
-        problem,
-        unreadable: [...fileErrors.entries()].map(([file, error]) => ({ file, error })),
+        problem: problem ?? [...unmovable.values()][0]?.error ?? null,
+        unreadable: troubles(),
         lastScanAt,
-        waiting: [...seen.entries()].map(([file, s]) => ({
-          file,
-          bytes: s.size,
-          quietSeconds: Math.round((now - s.changedAt) / 1000),
-        })),
+        waiting: [...seen.entries()]
+          .filter(([file]) => !failures.has(file) && !fileErrors.has(file))
+          .map(([file, s]) => ({
+            file,
+            bytes: s.size,
+            quietSeconds: Math.round((now - s.changedAt) / 1000),
+          })),
         lastFile,
       };
     },
     check() {
-      const [unreadable] = fileErrors.values();
-      const output = problem ?? unreadable;
+      const output = problem ?? [...unmovable.values()][0]?.error ?? troubles()[0]?.error;
       return output
         ? { name: "folder", status: "warn", observedValue: false, output }
         : { name: "folder", status: "pass", observedValue: true };
     },
   };
+
+  /** Files that cannot be taken, with why: unreadable, failing to import, or badly named. */
+  function troubles(): Array<{ file: string; error: string }> {
+    return [
+      ...[...fileErrors.entries()].map(([file, error]) => ({ file, error })),
+      ...[...failures.entries()].map(([file, f]) => ({ file, error: f.error })),
+      ...badNames.map((file) => ({
+        file,
+        error: `the name of ${JSON.stringify(file)} is not UTF-8 (read here as Latin-1): rename it`,
+      })),
+    ];
+  }
 }

@@ -7,7 +7,7 @@
 // fires the usual NOTIFY: the uploads workload takes over at once.
 import { createHash } from "node:crypto";
 import type { Pool } from "../../db/pool.js";
-import { parseCustomStoreXml } from "./custom-store-xml.js";
+import { readDocument } from "./parse.js";
 
 export type ImportOutcome = "imported" | "duplicate" | "failed";
 
@@ -39,6 +39,8 @@ const UPSERT_SQL = `
   INSERT INTO orders_inbox (order_key, order_number, status, payload)
   SELECT x.order_key, x.order_number, x.status, x.payload
   FROM jsonb_to_recordset($1::jsonb) AS x(order_key text, order_number text, status text, payload jsonb)
+  -- Rows are locked in key order: two documents sharing keys wait, never deadlock.
+  ORDER BY x.order_key
   ON CONFLICT (order_key) DO UPDATE
     SET order_number = excluded.order_number, status = excluded.status, payload = excluded.payload
     WHERE orders_inbox.status <> 'shipped'
@@ -59,8 +61,17 @@ const RECORD_SQL = `
 const EARLIER_SQL = `
   SELECT id, file_name, imported_at FROM import_files WHERE sha256 = $1 AND state = 'imported'`;
 
-/** SQLSTATE classes that mean the data was refused (a constraint, a value), not a fault. */
-const REFUSED_CLASSES = ["22", "23"];
+/**
+ * SQLSTATE classes that mean the data was refused, not a fault: a value (22), a
+ * constraint (23), a limit such as an index row too large (54).
+ */
+const REFUSED_CLASSES = ["22", "23", "54"];
+/** Deadlock or serialization failure (another writer of orders_inbox): the import is run again. */
+const RETRIED_CODES = ["40P01", "40001"];
+const MAX_TRIES = 3;
+
+/** PostgreSQL cannot store U+0000 in text: shown escaped, so a refusal is always recorded. */
+export const printable = (message: string) => message.replaceAll("\u0000", "\\u0000");
 
 async function findImported(pool: Pool, base: Base): Promise<ImportResult | null> {
   const { rows } = await pool.query<{ id: string; file_name: string; imported_at: Date }>(
@@ -90,12 +101,13 @@ export async function recordRefusal(
   input: { fileName: string; sha256: string; error: string; line?: number; column?: number },
 ): Promise<ImportResult> {
   const base: Base = { fileName: input.fileName, sha256: input.sha256, orders: noOrders() };
+  const error = printable(input.error);
   const { rows } = await pool.query<{ id: string }>(RECORD_SQL, [
     input.fileName,
     input.sha256,
     "failed",
     0,
-    input.error,
+    error,
   ]);
   // No row: the same bytes were imported (perhaps by another replica a moment ago).
   if (!rows[0])
@@ -104,7 +116,7 @@ export async function recordRefusal(
     ...(input.line !== undefined ? { line: input.line } : {}),
     ...(input.column !== undefined ? { column: input.column } : {}),
   };
-  return { ...base, outcome: "failed", fileId: Number(rows[0].id), error: input.error, ...where };
+  return { ...base, outcome: "failed", fileId: Number(rows[0].id), error, ...where };
 }
 
 export async function importDocument(
@@ -125,57 +137,68 @@ export async function importDocument(
       `the document is ${bytes.length} bytes; at most ${MAX_DOCUMENT_BYTES} are imported from one document (split it)`,
     );
   }
-  const parsed = parseCustomStoreXml(bytes.toString("utf8"), { maxOrders: input.maxOrders });
-  if (!parsed.ok) return fail(parsed.error, { line: parsed.line, column: parsed.column });
+  const prepared = await readDocument({ bytes, maxOrders: input.maxOrders });
+  if (!prepared.ok) return fail(prepared.error, { line: prepared.line, column: prepared.column });
+  for (let attempt = 1; ; attempt++) {
+    const written = await write(pool, base, prepared.rows, prepared.count);
+    if (written.kind === "done") return written.result;
+    if (written.kind === "refused") return fail(written.error);
+    if (attempt >= MAX_TRIES) throw written.err;
+  }
+}
 
+type Written =
+  | { kind: "done"; result: ImportResult }
+  | { kind: "refused"; error: string }
+  | { kind: "retry"; err: unknown };
+
+/** One transaction: the import_files row and every order, or nothing. */
+async function write(pool: Pool, base: Base, rows: string, count: number): Promise<Written> {
   const client = await pool.connect();
   // A connection whose rollback failed is discarded, not returned to the pool.
   let broken: Error | undefined;
-  let refused = "";
   try {
     await client.query("BEGIN");
     const recorded = await client.query<{ id: string }>(RECORD_SQL, [
-      input.fileName,
-      sha256,
+      base.fileName,
+      base.sha256,
       "imported",
-      parsed.orders.length,
+      count,
       null,
     ]);
     const fileId = recorded.rows[0] ? Number(recorded.rows[0].id) : null;
     if (fileId === null) {
       // Another replica imported the same bytes a moment ago.
       await client.query("ROLLBACK");
-      return (await duplicate()) ?? { ...base, outcome: "duplicate", fileId: null };
+      const earlier = await findImported(pool, base);
+      return { kind: "done", result: earlier ?? { ...base, outcome: "duplicate", fileId: null } };
     }
-    const rows = parsed.orders.map((o) => ({
-      order_key: o.orderKey,
-      order_number: o.orderNumber,
-      status: o.status,
-      payload: o.payload,
-    }));
-    const { rows: changed } = await client.query<{ inserted: boolean }>(UPSERT_SQL, [
-      JSON.stringify(rows),
-    ]);
+    const { rows: changed } = await client.query<{ inserted: boolean }>(UPSERT_SQL, [rows]);
     await client.query("COMMIT");
     const inserted = changed.filter((r) => r.inserted).length;
     const updated = changed.length - inserted;
     return {
-      ...base,
-      outcome: "imported",
-      fileId,
-      orders: { inserted, updated, unchanged: parsed.orders.length - changed.length },
+      kind: "done",
+      result: {
+        ...base,
+        outcome: "imported",
+        fileId,
+        orders: { inserted, updated, unchanged: count - changed.length },
+      },
     };
   } catch (err) {
     await client.query("ROLLBACK").catch((e: Error) => {
       broken = e;
     });
     const code = (err as { code?: unknown }).code;
+    if (typeof code === "string" && RETRIED_CODES.includes(code)) return { kind: "retry", err };
     if (typeof code !== "string" || !REFUSED_CLASSES.includes(code.slice(0, 2))) throw err;
     // The database refused an order (an order_key equal to another row's id, say):
-    // nothing of the document was written.
-    refused = `the database refused the document's orders: ${(err as Error).message}`;
+    // nothing of the document was written. The detail names the key.
+    const detail = (err as { detail?: unknown }).detail;
+    const why = `${(err as Error).message}${typeof detail === "string" ? ` (${detail})` : ""}`;
+    return { kind: "refused", error: `the database refused the document's orders: ${why}` };
   } finally {
     client.release(broken);
   }
-  return fail(refused);
 }

@@ -9,6 +9,12 @@ import { type ImportOutcome, importDocument, MAX_DOCUMENT_BYTES } from "./import
 
 const XML_TYPES = ["application/xml", "text/xml"];
 
+const unsupported = {
+  statusCode: 415,
+  error: "Unsupported Media Type",
+  message: `send the XML document as the body with Content-Type: ${XML_TYPES.join(" or ")}`,
+};
+
 export function registerImportRoute(
   admin: FastifyInstance,
   options: { pool: Pool; logger: Logger; counted(outcome: ImportOutcome): void },
@@ -20,6 +26,20 @@ export function registerImportRoute(
       { parseAs: "buffer", bodyLimit: MAX_DOCUMENT_BYTES },
       (_req, body, done) => done(null, body),
     );
+    // Fastify's own refusals of this route, with what to send instead.
+    scope.setErrorHandler((err: { code?: string; statusCode?: number }, _req, reply) => {
+      if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
+        return reply.code(415).send(unsupported);
+      }
+      if (err.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
+        return reply.code(413).send({
+          statusCode: 413,
+          error: "Payload Too Large",
+          message: `the document is larger than ${MAX_DOCUMENT_BYTES} bytes (50 MiB), the most one import takes: split it`,
+        });
+      }
+      throw err;
+    });
     scope.post(
       "/imports",
       {
@@ -35,24 +55,19 @@ export function registerImportRoute(
         },
       },
       async (req, reply) => {
-        if (!Buffer.isBuffer(req.body)) {
-          return reply.code(415).send({
-            statusCode: 415,
-            error: "Unsupported Media Type",
-            message: `send the XML document as the body with Content-Type: ${XML_TYPES.join(" or ")}`,
-          });
-        }
+        if (!Buffer.isBuffer(req.body)) return reply.code(415).send(unsupported);
         const fileName = (req.query as { file_name?: string }).file_name ?? "POST /admin/imports";
         const result = await importDocument(options.pool, { fileName, content: req.body });
         options.counted(result.outcome);
         const log = { file: fileName, fileId: result.fileId, outcome: result.outcome };
         if (result.outcome === "failed") {
           options.logger.warn({ ...log, error: result.error }, "import document refused");
+          // `error` is the refusal in the result; in the reply it is the status, as in every 400.
           return reply.code(400).send({
+            ...result,
             statusCode: 400,
             error: "Bad Request",
             message: result.error,
-            ...result,
           });
         }
         options.logger.info({ ...log, orders: result.orders }, "import document taken");
