@@ -231,6 +231,14 @@ describe("uploads: orders_inbox → ShipStation", () => {
     await db.pool.query("UPDATE orders_inbox SET status = 'on_hold' WHERE order_key = 'u1'");
     await waitFor(() => fake.received.get("u1") === 2, { what: "the re-sent order" });
     expect(fake.calls.at(-1)?.orders[0]).toMatchObject({ orderKey: "u1", orderStatus: "on_hold" });
+    // The fake counts the call before the reactor records it: wait for the record.
+    await waitFor(
+      async () =>
+        (await db.pool.query("SELECT upload_state FROM orders_inbox WHERE order_key = 'u1'"))
+          .rows[0]?.upload_state === "uploaded",
+      { what: "the re-sent order recorded as uploaded" },
+    );
+    // ShipStation marking it shipped is not a change to send back.
     await db.pool.query("UPDATE orders_inbox SET status = 'shipped' WHERE order_key = 'u1'");
     const r = await db.pool.query("SELECT upload_state FROM orders_inbox WHERE order_key = 'u1'");
     expect(r.rows[0].upload_state).toBe("uploaded");
