@@ -53,11 +53,6 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS reactor_orders_notify_insert ON orders_inbox;
-CREATE TRIGGER reactor_orders_notify_insert
-  AFTER INSERT ON orders_inbox
-  REFERENCING NEW TABLE AS new_rows
-  FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_insert();
 
 -- UPDATE: notify once per statement when rows became claimable now (re-queued,
 -- manually retried, or released by a stopping reactor). The reactor's own claims and
@@ -76,11 +71,6 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS reactor_orders_notify_update ON orders_inbox;
-CREATE TRIGGER reactor_orders_notify_update
-  AFTER UPDATE ON orders_inbox
-  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-  FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_update();
 
 -- An order inserted without order_key uploads under its id. If some other row already
 -- holds that id as its key, the new row gets a key of its own instead of being refused

@@ -1,8 +1,19 @@
 -- Outbox fan-out (docs/architecture.md, fixed names): in the transaction that inserts events, create one
--- webhook_deliveries row per (new event, enabled matching subscription), then notify
--- reactor_deliveries once per statement, only if any delivery was created.
+-- webhook_deliveries row per (new event, enabled matching subscription), then wake the
+-- reactors once per statement, only if any delivery was created (reactor_wake_deliveries:
+-- a NOTIFY in `notify` mode, nothing in `wal` mode; see 070_wake_source.sql).
 -- A subscription matches when its event_types is empty, names the event type exactly,
 -- or holds 'prefix.*' and the type starts with 'prefix.'.
+
+-- Defined here so the fan-out works before 070 runs; 070 redefines it for the wake source.
+DO $$
+BEGIN
+  IF to_regprocedure('reactor_wake_deliveries()') IS NULL THEN
+    CREATE FUNCTION reactor_wake_deliveries() RETURNS void LANGUAGE sql AS
+      $f$ SELECT pg_notify('reactor_deliveries', '{"v":1,"table":"webhook_deliveries","op":"INSERT"}') $f$;
+  END IF;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION reactor_outbox_fan_out() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -26,7 +37,7 @@ BEGIN
   )
   SELECT count(*) INTO created FROM inserted;
   IF created > 0 THEN
-    PERFORM pg_notify('reactor_deliveries', '{"v":1,"table":"webhook_deliveries","op":"INSERT"}');
+    PERFORM reactor_wake_deliveries();
   END IF;
   RETURN NULL;
 END
@@ -54,11 +65,6 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS reactor_deliveries_notify_update ON webhook_deliveries;
-CREATE TRIGGER reactor_deliveries_notify_update
-  AFTER UPDATE ON webhook_deliveries
-  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-  FOR EACH STATEMENT EXECUTE FUNCTION reactor_deliveries_notify_update();
 
 -- Subscriptions keep updated_at honest for the admin API.
 CREATE OR REPLACE FUNCTION reactor_touch_updated_at() RETURNS trigger

@@ -28,6 +28,9 @@ BEGIN
     WHEN 'log_level' THEN
       ok := v IS NOT NULL AND (lower(btrim(v)) IN ('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'));
       expected := 'one of fatal, error, warn, info, debug, trace, silent';
+    WHEN 'wake_source' THEN
+      ok := v IS NOT NULL AND (lower(btrim(v)) IN ('notify', 'wal'));
+      expected := 'one of notify, wal';
     WHEN 'upload_rate_limit_per_minute' THEN
       ok := v IS NOT NULL AND (reactor_setting_int_ok(v, 1, 100000));
       expected := 'an integer from 1 to 100000';
@@ -64,7 +67,7 @@ BEGIN
       ok := v IS NOT NULL AND (reactor_setting_int_ok(v, 10, 86400));
       expected := 'an integer from 10 to 86400';
     ELSE
-      RAISE EXCEPTION 'unknown setting reactor.%: expected one of poll_interval_seconds, lease_seconds, log_level, upload_rate_limit_per_minute, uploads_enabled, upload_batch_size, upload_concurrency, deliveries_enabled, delivery_concurrency, delivery_timeout_seconds, delivery_retry_schedule_seconds, retention_days, shipments_enabled, shipment_sync_interval_seconds', NEW.parameter_name
+      RAISE EXCEPTION 'unknown setting reactor.%: expected one of poll_interval_seconds, lease_seconds, log_level, wake_source, upload_rate_limit_per_minute, uploads_enabled, upload_batch_size, upload_concurrency, deliveries_enabled, delivery_concurrency, delivery_timeout_seconds, delivery_retry_schedule_seconds, retention_days, shipments_enabled, shipment_sync_interval_seconds', NEW.parameter_name
         USING ERRCODE = 'check_violation';
   END CASE;
   IF NOT ok THEN

@@ -13,11 +13,6 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS reactor_shipments_notify_insert ON shipstation_notifications;
-CREATE TRIGGER reactor_shipments_notify_insert
-  AFTER INSERT ON shipstation_notifications
-  REFERENCING NEW TABLE AS new_rows
-  FOR EACH STATEMENT EXECUTE FUNCTION reactor_shipments_notify_insert();
 
 CREATE OR REPLACE FUNCTION reactor_shipments_notify_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -33,8 +28,3 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS reactor_shipments_notify_update ON shipstation_notifications;
-CREATE TRIGGER reactor_shipments_notify_update
-  AFTER UPDATE ON shipstation_notifications
-  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-  FOR EACH STATEMENT EXECUTE FUNCTION reactor_shipments_notify_update();

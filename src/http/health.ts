@@ -161,6 +161,20 @@ export async function buildHealth(app: App) {
       ...(ls.connected ? {} : { output: `disconnected for ${Math.round(downFor / 1000)} s` }),
     },
   ];
+  if (app.reactor.wakeSource() === "wal") {
+    // Warn, not fail: retry timers and the safety poll keep work flowing meanwhile.
+    const wal = app.reactor.wal.state();
+    const ok = wal.connected && wal.problem === null;
+    checks["wal:stream"] = [
+      {
+        status: ok ? "pass" : "warn",
+        componentType: "component",
+        observedValue: wal.connected,
+        time: wal.since.toISOString(),
+        ...(ok ? {} : { output: wal.problem ?? "the replication stream is starting" }),
+      },
+    ];
+  }
   Object.assign(checks, workloadChecks(app, time), sourceChecks(app, time));
 
   return {

@@ -110,6 +110,9 @@ export async function buildStatus(app: App) {
       separateListenUrl: Boolean(app.env.listenDatabaseUrl),
     },
     listener: { ...ls },
+    wakeSource: app.reactor.wakeSource(),
+    // Only in `wal` mode: the replication stream, its temporary slot, and what keeps it down.
+    ...(app.reactor.wakeSource() === "wal" ? { wal: app.reactor.wal.state() } : {}),
     lastPollAt: app.reactor.poll.lastPollAt(),
     countsError,
     workloads,

@@ -9,6 +9,8 @@ import { type Drainer, type DrainerEvent, makeDrainer } from "./drainer.js";
 import { type Listener, makeListener } from "./listener.js";
 import { makeSafetyPoll, type SafetyPoll } from "./safety-poll.js";
 import type { LiveSettings } from "./settings.js";
+import type { WakeSource } from "./settings-spec.js";
+import { makeWalWaker, type WalWaker } from "./wal-waker.js";
 import type { Workload } from "./workload.js";
 
 export const CONFIG_CHANNEL = "reactor_config";
@@ -31,6 +33,10 @@ export interface Reactor {
   /** Stops listening and claiming, lets in-flight work finish within graceMs, releases leases. */
   stop(graceMs: number): Promise<void>;
   listener(): Listener;
+  /** The wake source in force on this replica (it follows the wake_source setting). */
+  wakeSource(): WakeSource;
+  /** The write-ahead log reader (running in `wal` mode only). */
+  wal: WalWaker;
   poll: SafetyPoll;
   drainers: ReadonlyMap<string, Drainer>;
   workloads: readonly Workload[];
@@ -82,9 +88,34 @@ export function makeReactor(options: ReactorOptions): Reactor {
     }
   }
 
+  const wal = makeWalWaker({
+    url: options.listenUrl,
+    pool: options.pool,
+    tables: options.workloads.map((w) => ({ workload: w.name, spec: w.queue.spec })),
+    slotPrefix: `pg_reactor_${process.pid}`,
+    logger,
+    metrics,
+    wake: (name) => drainers.get(name)?.wake("wal"),
+    // Commits made before the stream started were never seen: catch up on everything.
+    onStarted: (restart) => wakeAll(restart ? "reconnect" : "start"),
+  });
+  let wakeSource: WakeSource = "notify";
+
+  /** Follows the setting: starts or stops the WAL reader. NOTIFY stays for the config channel. */
+  async function applyWakeSource(next: WakeSource) {
+    metrics.wakeSource.set({ source: "notify" }, next === "notify" ? 1 : 0);
+    metrics.wakeSource.set({ source: "wal" }, next === "wal" ? 1 : 0);
+    if (next === wakeSource || stopping) return;
+    wakeSource = next;
+    log.info({ wakeSource: next }, "wake source switched");
+    if (next === "wal") wal.start();
+    else await wal.stop();
+  }
+
   settings.onChange((changes) => {
     const names = new Set(changes.map((c) => c.name));
     if (names.has("poll_interval_seconds")) poll.reschedule();
+    if (names.has("wake_source")) void applyWakeSource(settings.current.wake_source);
     // A re-enabled workload, or more capacity, drains at once.
     wakeAll("config");
   });
@@ -119,6 +150,7 @@ export function makeReactor(options: ReactorOptions): Reactor {
   return {
     async start() {
       await settings.reload();
+      await applyWakeSource(settings.current.wake_source);
       // The safety poll runs whatever LISTEN does: work flows (slowly) even when the LISTEN
       // connection cannot be made, and /health says the listener is down.
       poll.start();
@@ -150,10 +182,12 @@ export function makeReactor(options: ReactorOptions): Reactor {
     async stop(graceMs) {
       stopping = true;
       poll.stop();
-      await listener.close();
+      await Promise.all([listener.close(), wal.stop()]);
       await Promise.all([...drainers.values()].map((d) => d.stop(graceMs)));
     },
     listener: () => listener,
+    wakeSource: () => wakeSource,
+    wal,
     poll,
     drainers,
     workloads: options.workloads,

@@ -4,6 +4,8 @@
 // parser, the SQL validation trigger and the README table are all made from.
 
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export const WAKE_SOURCES = ["notify", "wal"] as const;
+export type WakeSource = (typeof WAKE_SOURCES)[number];
 const TRUE_WORDS = ["true", "1", "yes", "on"];
 const FALSE_WORDS = ["false", "0", "no", "off"];
 
@@ -39,6 +41,11 @@ export const CORE_SETTINGS = {
     kind: { type: "enum", values: LOG_LEVELS },
     default: "info" as (typeof LOG_LEVELS)[number],
     doc: "Log level, switched live.",
+  } satisfies SettingSpec<string>,
+  wake_source: {
+    kind: { type: "enum", values: WAKE_SOURCES },
+    default: "notify" as WakeSource,
+    doc: "How writers wake the reactors: `notify` (statement triggers send NOTIFY) or `wal` (each replica reads the write-ahead log; writers pay nothing). Set with `npx pg-reactor wake-source`, which checks the server first; see Wake source.",
   } satisfies SettingSpec<string>,
 } as const;
 

@@ -2,9 +2,18 @@
 // work. A third workload is a new folder implementing this, not edits everywhere.
 import type { ClaimedRow, LeaseQueue, Outcome } from "./lease-queue.js";
 
-export type WakeReason = "notify" | "poll" | "reconnect" | "timer" | "config" | "start" | "retry";
+export type WakeReason =
+  | "notify"
+  | "wal"
+  | "poll"
+  | "reconnect"
+  | "timer"
+  | "config"
+  | "start"
+  | "retry";
 export const WAKE_REASONS: readonly WakeReason[] = [
   "notify",
+  "wal",
   "poll",
   "reconnect",
   "timer",

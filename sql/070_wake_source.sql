@@ -1,0 +1,164 @@
+-- The wake source (docs/architecture.md, "Wake source"): how writers wake the reactors.
+--   notify: statement triggers send one tiny NOTIFY per statement (any PostgreSQL).
+--   wal:    no notify trigger exists at all, so writers capture no transition table and
+--           take no commit-time NOTIFY lock; each reactor reads the commits from the
+--           write-ahead log (publication pg_reactor, a temporary slot per replica).
+-- The setting is configuration_params (reactor, wake_source). Changing it switches the
+-- triggers in the same transaction (reactor_apply_wake_source), and the config NOTIFY,
+-- which stays in both modes, tells every replica to switch its reader.
+
+-- Why this server cannot run `wal` mode, or NULL when it can.
+CREATE OR REPLACE FUNCTION reactor_wal_missing() RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  slots_free int;
+  senders_free int;
+BEGIN
+  IF current_setting('server_version_num')::int < 150000 THEN
+    RETURN format('wal mode needs PostgreSQL 15 or later (publication column lists); this server is %s',
+                  current_setting('server_version'));
+  END IF;
+  IF current_setting('wal_level') <> 'logical' THEN
+    RETURN format('wal_level is %s; set wal_level = logical and restart PostgreSQL',
+                  current_setting('wal_level'));
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND (rolreplication OR rolsuper)) THEN
+    RETURN format('role %s may not replicate; ALTER ROLE %s REPLICATION (on RDS and Aurora: GRANT rds_replication TO %s)',
+                  current_user, quote_ident(current_user), quote_ident(current_user));
+  END IF;
+  SELECT current_setting('max_replication_slots')::int - count(*) INTO slots_free FROM pg_replication_slots;
+  IF slots_free < 1 THEN
+    RETURN format('all %s replication slots are in use; raise max_replication_slots (each replica needs one) and restart PostgreSQL',
+                  current_setting('max_replication_slots'));
+  END IF;
+  SELECT current_setting('max_wal_senders')::int - count(*) INTO senders_free FROM pg_stat_replication;
+  IF senders_free < 1 THEN
+    RETURN format('all %s WAL senders are in use; raise max_wal_senders (each replica needs one) and restart PostgreSQL',
+                  current_setting('max_wal_senders'));
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+-- Puts the triggers (and the publication) in the state `mode` needs. Idempotent.
+CREATE OR REPLACE FUNCTION reactor_apply_wake_source(mode text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF mode NOT IN ('notify', 'wal') THEN
+    RAISE EXCEPTION 'wake source must be notify or wal, got %', quote_literal(mode);
+  END IF;
+  DROP TRIGGER IF EXISTS reactor_orders_notify_insert ON orders_inbox;
+  DROP TRIGGER IF EXISTS reactor_orders_notify_update ON orders_inbox;
+  DROP TRIGGER IF EXISTS reactor_deliveries_notify_update ON webhook_deliveries;
+  DROP TRIGGER IF EXISTS reactor_shipments_notify_insert ON shipstation_notifications;
+  DROP TRIGGER IF EXISTS reactor_shipments_notify_update ON shipstation_notifications;
+  IF mode = 'wal' THEN
+    -- The fan-out stays in the writer's transaction; only its wake-up goes.
+    CREATE OR REPLACE FUNCTION reactor_wake_deliveries() RETURNS void LANGUAGE sql AS $f$ SELECT $f$;
+    -- Only the columns a wake decision reads: a reactor never decodes payloads.
+    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'pg_reactor') THEN
+      CREATE PUBLICATION pg_reactor
+        FOR TABLE orders_inbox (id, upload_state, locked_by, next_attempt_at),
+                  webhook_deliveries (id, state, locked_by, next_attempt_at),
+                  shipstation_notifications (id, state, locked_by, next_attempt_at)
+        WITH (publish = 'insert, update');
+    END IF;
+    RETURN;
+  END IF;
+  CREATE OR REPLACE FUNCTION reactor_wake_deliveries() RETURNS void LANGUAGE sql AS
+    $f$ SELECT pg_notify('reactor_deliveries', '{"v":1,"table":"webhook_deliveries","op":"INSERT"}') $f$;
+  CREATE TRIGGER reactor_orders_notify_insert
+    AFTER INSERT ON orders_inbox
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_insert();
+  CREATE TRIGGER reactor_orders_notify_update
+    AFTER UPDATE ON orders_inbox
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_update();
+  CREATE TRIGGER reactor_deliveries_notify_update
+    AFTER UPDATE ON webhook_deliveries
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION reactor_deliveries_notify_update();
+  CREATE TRIGGER reactor_shipments_notify_insert
+    AFTER INSERT ON shipstation_notifications
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION reactor_shipments_notify_insert();
+  CREATE TRIGGER reactor_shipments_notify_update
+    AFTER UPDATE ON shipstation_notifications
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION reactor_shipments_notify_update();
+END
+$$;
+
+-- The stored wake source (default notify).
+CREATE OR REPLACE FUNCTION reactor_wake_source() RETURNS text
+LANGUAGE sql STABLE AS $$
+  SELECT coalesce(
+    (SELECT lower(btrim(value)) FROM configuration_params
+     WHERE category = 'reactor' AND parameter_name = 'wake_source' AND sku IS NULL),
+    'notify')
+$$;
+
+-- `wal` is refused at write time where the server cannot do it, with what is missing.
+CREATE OR REPLACE FUNCTION reactor_wake_source_check() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  missing text;
+BEGIN
+  IF lower(btrim(NEW.value)) = 'wal' THEN
+    missing := reactor_wal_missing();
+    IF missing IS NOT NULL THEN
+      RAISE EXCEPTION 'reactor.wake_source cannot be wal: %', missing
+        USING ERRCODE = 'check_violation';
+    END IF;
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS reactor_wake_source_check ON configuration_params;
+CREATE TRIGGER reactor_wake_source_check
+  BEFORE INSERT OR UPDATE ON configuration_params
+  FOR EACH ROW
+  WHEN (NEW.category = 'reactor' AND NEW.parameter_name = 'wake_source' AND NEW.sku IS NULL)
+  EXECUTE FUNCTION reactor_wake_source_check();
+
+-- A change of that row (a DELETE means the default, notify) switches the triggers in the
+-- writer's transaction, and only when the mode changed: the DDL takes each table's
+-- exclusive lock for an instant, which no other configuration write should pay.
+CREATE OR REPLACE FUNCTION reactor_wake_source_apply() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  mode text := reactor_wake_source();
+  notifying boolean := EXISTS (
+    SELECT 1 FROM pg_trigger
+    WHERE tgname = 'reactor_orders_notify_insert' AND tgrelid = 'orders_inbox'::regclass);
+BEGIN
+  IF (mode = 'notify') IS DISTINCT FROM notifying THEN
+    PERFORM reactor_apply_wake_source(mode);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS reactor_wake_source_apply ON configuration_params;
+CREATE TRIGGER reactor_wake_source_apply
+  AFTER INSERT OR UPDATE ON configuration_params
+  FOR EACH ROW
+  WHEN (NEW.category = 'reactor' AND NEW.parameter_name = 'wake_source' AND NEW.sku IS NULL)
+  EXECUTE FUNCTION reactor_wake_source_apply();
+
+DROP TRIGGER IF EXISTS reactor_wake_source_apply_delete ON configuration_params;
+CREATE TRIGGER reactor_wake_source_apply_delete
+  AFTER DELETE ON configuration_params
+  FOR EACH ROW
+  WHEN (OLD.category = 'reactor' AND OLD.parameter_name = 'wake_source' AND OLD.sku IS NULL)
+  EXECUTE FUNCTION reactor_wake_source_apply();
+
+-- TRUNCATE fires no row trigger; it removes the row all the same.
+DROP TRIGGER IF EXISTS reactor_wake_source_apply_truncate ON configuration_params;
+CREATE TRIGGER reactor_wake_source_apply_truncate
+  AFTER TRUNCATE ON configuration_params
+  FOR EACH STATEMENT EXECUTE FUNCTION reactor_wake_source_apply();
+
+SELECT reactor_apply_wake_source(reactor_wake_source());

@@ -1,0 +1,296 @@
+// The `wal` wake source (docs/architecture.md, "Wake source"): instead of NOTIFY, each
+// replica reads the reactor's tables' commits from the write-ahead log, through a
+// temporary logical replication slot of its own (pgoutput, publication pg_reactor). A
+// commit that made a row claimable wakes that row's workload, exactly like a NOTIFY would.
+// The slot lives as long as the replication connection: a stopped or killed replica
+// retains no WAL. Every (re)start of the stream is followed by a full catch-up (the
+// caller's onStarted), since commits made while it was down were never seen.
+import { randomBytes } from "node:crypto";
+import type pg from "pg";
+import { LogicalReplicationService, type Pgoutput, PgoutputPlugin } from "pg-logical-replication";
+import { CONNECT_TIMEOUT_MS } from "../db/connect.js";
+import type { Pool } from "../db/pool.js";
+import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+import { exponentialBackoff } from "./backoff.js";
+import type { QueueTableSpec } from "./lease-queue.js";
+
+export const PUBLICATION = "pg_reactor";
+export const WAL_APPLICATION_NAME = "pg-reactor wal";
+/** Reconnect delays: 500 ms doubling to at most 30 s, jittered, until stopped. */
+const RETRY_BASE_MS = 500;
+const RETRY_CAP_MS = 30_000;
+/** Slot creation slower than this is reported (it waits for older transactions to end). */
+const SLOW_SLOT_MS = 2_000;
+/** The stream acknowledges at least this often, so the slot never holds WAL back. */
+const ACK_INTERVAL_SECONDS = 5;
+/** A row due within this much of the reactor's clock counts as due (clocks differ a little). */
+const DUE_SLACK_MS = 1_000;
+
+export interface WalTable {
+  workload: string;
+  spec: Pick<QueueTableSpec, "table" | "stateColumn" | "states">;
+}
+
+export interface WalWakerOptions {
+  /** A direct URL (replication cannot pass through PgBouncer). */
+  url: string;
+  pool: Pool;
+  tables: readonly WalTable[];
+  /** Slot names start with this (lower-case letters, digits and _ only). */
+  slotPrefix?: string;
+  logger: Logger;
+  metrics: Metrics;
+  wake(workload: string): void;
+  /** After every start of the stream: catch up on what was committed before it. */
+  onStarted(restart: boolean): void;
+}
+
+export interface WalState {
+  connected: boolean;
+  since: Date;
+  slot: string | null;
+  /** Why the stream is not running (or is slow to start), or null. */
+  problem: string | null;
+  lastCommitAt: Date | null;
+  restarts: number;
+}
+
+export interface WalWaker {
+  start(): void;
+  stop(): Promise<void>;
+  state(): WalState;
+  /** The walsender's pid while connected (tests and operators terminate it). */
+  backendPid(): number | null;
+}
+
+type Row = Record<string, unknown>;
+
+/** pgoutput with a temporary slot created on the replication connection itself. */
+class TemporarySlotPlugin extends PgoutputPlugin {
+  constructor(private readonly creating: (done: Promise<unknown>) => void) {
+    super({ protoVersion: 1, publicationNames: [PUBLICATION] });
+  }
+
+  override async start(client: pg.Client, slotName: string, _lastLsn: string): Promise<unknown> {
+    const created = client.query(
+      `CREATE_REPLICATION_SLOT ${slotName} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'nothing')`,
+    );
+    this.creating(created);
+    await created;
+    return super.start(client, slotName, "0/0");
+  }
+}
+
+/** Says what a replication failure means for an operator. */
+export function describeWalError(err: unknown): string {
+  const e = err as { code?: string; message?: string };
+  const message = e.message ?? String(err);
+  switch (e.code) {
+    case "55000":
+      return `${message}: set wal_level = logical and restart PostgreSQL`;
+    case "42501":
+      return `${message}: the role needs the REPLICATION attribute (ALTER ROLE … REPLICATION; on RDS, GRANT rds_replication)`;
+    case "53400":
+      return `${message}: raise max_replication_slots (one per replica) and restart PostgreSQL`;
+    case "53300":
+      return `${message}: raise max_wal_senders (one per replica) and restart PostgreSQL`;
+    case "42704":
+      return `${message}: run npx pg-reactor wake-source wal (it creates the publication)`;
+    default:
+      return message;
+  }
+}
+
+export function makeWalWaker(options: WalWakerOptions): WalWaker {
+  const log = options.logger.child({ component: "wal" });
+  const byTable = new Map(options.tables.map((t) => [t.spec.table, t]));
+  const prefix = options.slotPrefix ?? "pg_reactor";
+  const state: WalState = {
+    connected: false,
+    since: new Date(),
+    slot: null,
+    problem: null,
+    lastCommitAt: null,
+    restarts: 0,
+  };
+  let stopped = true;
+  let service: LogicalReplicationService | null = null;
+  let loop: Promise<void> | null = null;
+  let wakeSleep: (() => void) | null = null;
+  /** The stream ran at least once: a later start is a restart (catch-up, counted). */
+  let everStarted = false;
+  /** Workloads touched by the transaction being read; woken at its commit. */
+  const touched = new Set<string>();
+
+  function setConnected(connected: boolean) {
+    if (state.connected === connected) return;
+    state.connected = connected;
+    state.since = new Date();
+    options.metrics.walConnected.set(connected ? 1 : 0);
+  }
+
+  function setProblem(problem: string | null) {
+    if (problem !== null && problem !== state.problem) log.warn(problem);
+    state.problem = problem;
+  }
+
+  /** Would this row, as committed, be claimed now? Mirrors the notify triggers' conditions. */
+  function claimable(table: WalTable, row: Row, inserted: boolean): boolean {
+    if (row[table.spec.stateColumn] !== table.spec.states.pending) return false;
+    if (inserted) return true;
+    if (row.locked_by !== null && row.locked_by !== undefined) return false;
+    const due = row.next_attempt_at;
+    return !(due instanceof Date) || due.getTime() <= Date.now() + DUE_SLACK_MS;
+  }
+
+  function onMessage(message: Pgoutput.Message) {
+    switch (message.tag) {
+      case "insert":
+      case "update": {
+        const table = byTable.get(message.relation.name);
+        if (table && claimable(table, message.new, message.tag === "insert")) {
+          touched.add(table.workload);
+        }
+        return;
+      }
+      case "commit": {
+        state.lastCommitAt = new Date();
+        for (const workload of touched) options.wake(workload);
+        touched.clear();
+        return;
+      }
+      case "begin":
+        touched.clear();
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** Reports a slot creation that waits (for transactions older than it to end). */
+  function watchCreation(created: Promise<unknown>) {
+    let done = false;
+    void created.then(
+      () => {
+        done = true;
+      },
+      () => {
+        done = true;
+      },
+    );
+    setTimeout(async () => {
+      if (done || stopped) return;
+      const { rows } = await options.pool
+        .query<{ pid: number; seconds: number }>(
+          `SELECT pid, extract(epoch FROM now() - xact_start)::int AS seconds
+           FROM pg_stat_activity
+           WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+           ORDER BY xact_start LIMIT 1`,
+        )
+        .catch(() => ({ rows: [] as Array<{ pid: number; seconds: number }> }));
+      if (done || stopped) return;
+      const oldest = rows[0];
+      setProblem(
+        `creating the replication slot waits for transactions that started before it to end${
+          oldest ? ` (the oldest: pid ${oldest.pid}, open ${oldest.seconds} s)` : ""
+        }; work is picked up by retry timers and the safety poll meanwhile`,
+      );
+    }, SLOW_SLOT_MS).unref();
+  }
+
+  async function runOnce(restart: boolean): Promise<void> {
+    const slot = `${prefix}_${randomBytes(6).toString("hex")}`;
+    const current = new LogicalReplicationService(
+      {
+        connectionString: options.url,
+        application_name: WAL_APPLICATION_NAME,
+        connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+        keepAlive: true,
+      } as pg.ClientConfig,
+      { acknowledge: { auto: false, timeoutSeconds: ACK_INTERVAL_SECONDS } },
+    );
+    service = current;
+    let failure: unknown = null;
+    current.on("error", (err: Error) => {
+      failure ??= err;
+    });
+    current.on("start", () => {
+      state.slot = slot;
+      if (restart) state.restarts++;
+      everStarted = true;
+      setConnected(true);
+      setProblem(null);
+      log.info({ slot, restart }, "reading the write-ahead log");
+      options.onStarted(restart);
+    });
+    current.on("data", (lsn: string, message: Pgoutput.Message) => {
+      onMessage(message);
+      // Acknowledged at each commit: the slot never holds WAL back for us.
+      if (message.tag === "commit") void current.acknowledge(lsn).catch(() => undefined);
+    });
+    current.on("heartbeat", (lsn: string, _time: number, shouldRespond: boolean) => {
+      if (shouldRespond) void current.acknowledge(lsn).catch(() => undefined);
+    });
+    try {
+      await current.subscribe(new TemporarySlotPlugin((created) => watchCreation(created)), slot);
+    } catch (err) {
+      failure ??= err;
+    } finally {
+      touched.clear();
+      setConnected(false);
+      state.slot = null;
+      service = null;
+      await current.stop().catch(() => undefined);
+    }
+    if (failure && !stopped) throw failure;
+    if (!stopped) throw new Error("the replication stream ended");
+  }
+
+  async function run() {
+    for (let attempt = 0; !stopped; ) {
+      const restartsBefore = state.restarts;
+      try {
+        await runOnce(everStarted);
+      } catch (err) {
+        if (stopped) return;
+        // A stream that ran before it failed starts the backoff over.
+        if (state.restarts !== restartsBefore) attempt = 0;
+        const delay = exponentialBackoff(attempt++, RETRY_BASE_MS, RETRY_CAP_MS);
+        setProblem(
+          `the replication stream is down: ${describeWalError(err)}; retrying in ${Math.round(delay / 100) / 10} s`,
+        );
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, delay);
+          wakeSleep = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wakeSleep = null;
+      }
+    }
+  }
+
+  return {
+    start() {
+      if (!stopped) return;
+      stopped = false;
+      loop = run();
+    },
+    async stop() {
+      stopped = true;
+      wakeSleep?.();
+      await service?.stop().catch(() => undefined);
+      await loop;
+      loop = null;
+      setConnected(false);
+      state.problem = null;
+    },
+    state: () => ({ ...state }),
+    backendPid() {
+      const client = (service as unknown as { _client?: { processID?: number } } | null)?._client;
+      return state.connected ? (client?.processID ?? null) : null;
+    },
+  };
+}
