@@ -476,7 +476,15 @@ export async function planEmbeddedPostgres(options: EmbeddedOptions): Promise<Pl
         () => false,
       );
       if (!initialised) await initdb(runnable, home, dataDir, runAs);
-      const child = await runServer(runnable, home, dataDir, port, runAs, options.onLog, options.settings);
+      const child = await runServer(
+        runnable,
+        home,
+        dataDir,
+        port,
+        runAs,
+        options.onLog,
+        options.settings,
+      );
       const killOnExit = () => child.kill("SIGINT");
       process.once("exit", killOnExit);
       const stop = async () => {
