@@ -24,6 +24,15 @@ const RETRY_CAP_MS = 30_000;
 const SLOW_SLOT_MS = 2_000;
 /** The stream acknowledges at least this often, so the slot never holds WAL back. */
 const ACK_INTERVAL_SECONDS = 5;
+/**
+ * The stream asks the server for a reply this often; with nothing heard for DEAD_AFTER_MS
+ * the link is taken for dead (a network path that drops packets sends no reset) and the
+ * stream restarts.
+ */
+const PING_INTERVAL_MS = 10_000;
+const DEAD_AFTER_MS = 35_000;
+/** Closing politely waits this long before the socket is destroyed. */
+const END_TIMEOUT_MS = 1_000;
 /** A row due within this much of the reactor's clock counts as due (clocks differ a little). */
 const DUE_SLACK_MS = 1_000;
 
@@ -65,6 +74,27 @@ export interface WalWaker {
 }
 
 type Row = Record<string, unknown>;
+
+/** The service's socket (the library keeps it private). */
+function socketOf(service: LogicalReplicationService): { destroy(): void } | undefined {
+  return (service as unknown as { _connection?: { stream?: { destroy(): void } } })._connection
+    ?.stream;
+}
+
+/** Stops a service, destroying its socket when the server does not answer the goodbye. */
+async function close(service: LogicalReplicationService): Promise<void> {
+  const socket = socketOf(service);
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), END_TIMEOUT_MS);
+  });
+  const stopped = service.stop().then(
+    () => true,
+    () => false,
+  );
+  if (!(await Promise.race([stopped, late]))) socket?.destroy();
+  clearTimeout(timer);
+}
 
 /** pgoutput with a temporary slot created on the replication connection itself. */
 class TemporarySlotPlugin extends PgoutputPlugin {
@@ -212,6 +242,9 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
     );
     service = current;
     let failure: unknown = null;
+    let heardAt = Date.now();
+    /** The last position heard; the server ignores a confirmation that goes backwards. */
+    let lastLsn = "0/0";
     current.on("error", (err: Error) => {
       failure ??= err;
     });
@@ -219,17 +252,35 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
       state.slot = slot;
       if (restart) state.restarts++;
       everStarted = true;
+      heardAt = Date.now();
       setConnected(true);
       setProblem(null);
       log.info({ slot, restart }, "reading the write-ahead log");
       options.onStarted(restart);
     });
+    // Asks for a reply now and then; silence for DEAD_AFTER_MS means the link is gone.
+    const watchdog = setInterval(() => {
+      if (!state.connected) return;
+      if (Date.now() - heardAt > DEAD_AFTER_MS) {
+        failure ??= new Error(
+          `no message from the server for ${Math.round(DEAD_AFTER_MS / 1000)} s (the connection is taken for dead)`,
+        );
+        socketOf(current)?.destroy();
+        return;
+      }
+      void current.acknowledge(lastLsn, true).catch(() => undefined);
+    }, PING_INTERVAL_MS);
+    watchdog.unref();
     current.on("data", (lsn: string, message: Pgoutput.Message) => {
+      heardAt = Date.now();
+      lastLsn = lsn;
       onMessage(message);
       // Acknowledged at each commit: the slot never holds WAL back for us.
       if (message.tag === "commit") void current.acknowledge(lsn).catch(() => undefined);
     });
     current.on("heartbeat", (lsn: string, _time: number, shouldRespond: boolean) => {
+      heardAt = Date.now();
+      lastLsn = lsn;
       if (shouldRespond) void current.acknowledge(lsn).catch(() => undefined);
     });
     try {
@@ -241,7 +292,8 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
       setConnected(false);
       state.slot = null;
       service = null;
-      await current.stop().catch(() => undefined);
+      clearInterval(watchdog);
+      await close(current);
     }
     if (failure && !stopped) throw failure;
     if (!stopped) throw new Error("the replication stream ended");
@@ -281,7 +333,7 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
     async stop() {
       stopped = true;
       wakeSleep?.();
-      await service?.stop().catch(() => undefined);
+      if (service) await close(service);
       await loop;
       loop = null;
       setConnected(false);
