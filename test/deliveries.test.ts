@@ -5,14 +5,14 @@ import type { App } from "../src/app.js";
 import { newSecret, type Receiver, startReceiver } from "../src/demo/receiver.js";
 import { applyRetention } from "../src/workloads/deliveries/maintenance.js";
 import { makeDeliveriesQueue } from "../src/workloads/deliveries/queue.js";
-import {
-  createTestDatabase,
-  setSetting,
-  subscribe,
-  type TestDatabase,
-  waitFor,
-} from "./helpers/db.js";
+import { setSetting, subscribe, type TestDatabase, waitFor } from "./helpers/db.js";
 import { startReactor, startReplicas } from "./helpers/reactor.js";
+import {
+  clearSettingsKeepingWakeSource,
+  databaseForWakeSource,
+  WAKE_SOURCES,
+  wakeSourceLive,
+} from "./helpers/servers.js";
 
 async function emit(
   pool: pg.Pool | pg.PoolClient,
@@ -35,32 +35,40 @@ async function deliveryRows(pool: pg.Pool) {
   return rows;
 }
 
-describe("outbox → webhook deliveries", () => {
+describe.each(WAKE_SOURCES)("outbox → webhook deliveries (wake source %s)", (mode) => {
   let db: TestDatabase;
   let receiver: Receiver;
   let app: App | null = null;
 
+  /** Starts the case's reactor; returns once the suite's wake source is live. */
+  async function start(env?: Record<string, string>): Promise<void> {
+    app = await startReactor({ databaseUrl: db.url, env });
+    await wakeSourceLive([app], mode);
+  }
+
   beforeAll(async () => {
-    db = await createTestDatabase();
+    db = await databaseForWakeSource(mode);
     receiver = await startReceiver();
   });
   afterEach(async () => {
     await app?.stop(1_000);
     app = null;
-    await db.pool.query(
-      "TRUNCATE webhook_deliveries, outbox_events, webhook_subscriptions, configuration_params",
-    );
+    await db.pool.query("TRUNCATE webhook_deliveries, outbox_events, webhook_subscriptions");
+    await clearSettingsKeepingWakeSource(db.pool);
     receiver.requests.length = 0;
     receiver.script.length = 0;
     receiver.delivered.clear();
     receiver.fallback = { status: 204 };
   });
   afterAll(async () => {
-    await receiver.close();
-    await db.drop();
+    await receiver?.close();
+    await db?.drop();
   });
 
   it("fans out one delivery per matching enabled subscription: exact, prefix.*, all; disabled skipped", async () => {
+    // The writers' wake: one NOTIFY for the statement that fanned out (notify), none at
+    // all (wal: the reactors read the commit from the WAL instead).
+    const writerNotifications = mode === "notify" ? 1 : 0;
     const exact = await subscribe(db.pool, `${receiver.url}/a`, { eventTypes: ["order.created"] });
     const prefix = await subscribe(db.pool, `${receiver.url}/b`, { eventTypes: ["order.*"] });
     const all = await subscribe(db.pool, `${receiver.url}/c`);
@@ -95,7 +103,7 @@ describe("outbox → webhook deliveries", () => {
     await emit(db.pool, "order.created");
     await db.pool.query("SELECT pg_notify('reactor_deliveries', 'marker')");
     await waitFor(() => notes.includes("marker"));
-    expect(notes.filter((n) => n !== "marker")).toHaveLength(1);
+    expect(notes.filter((n) => n !== "marker")).toHaveLength(writerNotifications);
     expect(await deliveryRows(db.pool)).toHaveLength(9);
     await listener.end();
   });
@@ -122,7 +130,7 @@ describe("outbox → webhook deliveries", () => {
     const secret = newSecret();
     const previous = newSecret(24);
     await subscribe(db.pool, `${receiver.url}/hook`, { secret, previousSecret: previous });
-    app = await startReactor({ databaseUrl: db.url });
+    await start();
     const id = await emit(db.pool, "order.created", { orderId: 42, note: "ünïcode ✓" });
     await waitFor(() => receiver.delivered.get(id) === 1, { what: "the webhook" });
     const req = receiver.requests[0];
@@ -150,7 +158,7 @@ describe("outbox → webhook deliveries", () => {
 
   it("a rolled-back event sends nothing", async () => {
     await subscribe(db.pool, `${receiver.url}/hook`);
-    app = await startReactor({ databaseUrl: db.url });
+    await start();
     const client = await db.pool.connect();
     await client.query("BEGIN");
     const rolledBack = await emit(client, "order.created");
@@ -166,7 +174,7 @@ describe("outbox → webhook deliveries", () => {
     await setSetting(db.pool, "delivery_retry_schedule_seconds", "1,1,1");
     await subscribe(db.pool, `${receiver.url}/hook`);
     receiver.script.push({ status: 500, body: "boom" }, { reset: true });
-    app = await startReactor({ databaseUrl: db.url });
+    await start();
     const id = await emit(db.pool, "order.created");
     await waitFor(() => receiver.delivered.get(id) === 1, {
       timeoutMs: 15_000,
@@ -189,7 +197,7 @@ describe("outbox → webhook deliveries", () => {
       { status: 503, headers: { "retry-after": "3" } },
       { status: 429, headers: { "retry-after": "1" } },
     );
-    app = await startReactor({ databaseUrl: db.url });
+    await start();
     const id = await emit(db.pool, "order.created");
     await waitFor(() => receiver.delivered.get(id) === 1, { timeoutMs: 15_000, what: "delivery" });
     const [first, second] = receiver.requests;
@@ -209,7 +217,7 @@ describe("outbox → webhook deliveries", () => {
       `INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload)
        SELECT 'order', g::text, 'order.created', '{}' FROM generate_series(1, 5) g`,
     );
-    app = await startReactor({ databaseUrl: db.url });
+    await start();
     const rows = await waitFor(async () => {
       const r = await deliveryRows(db.pool);
       return r.every((x) => x.state === "cancelled") ? r : null;
@@ -236,7 +244,7 @@ describe("outbox → webhook deliveries", () => {
       { delayMs: 2_500, status: 204 },
       { status: 302, headers: { location: "http://127.0.0.1:1/" } },
     );
-    app = await startReactor({ databaseUrl: db.url });
+    await start();
     const id = await emit(db.pool, "order.created");
     const row = await waitFor(
       async () => {
@@ -258,7 +266,7 @@ describe("outbox → webhook deliveries", () => {
     await setSetting(db.pool, "delivery_retry_schedule_seconds", "60");
     await subscribe(db.pool, `${receiver.url}/slow`);
     receiver.fallback = { delayMs: 2_500, status: 204 };
-    app = await startReactor({ databaseUrl: db.url });
+    await start();
     await emit(db.pool, "order.created");
     const row = await waitFor(async () => {
       const r = await deliveryRows(db.pool);
@@ -276,10 +284,7 @@ describe("outbox → webhook deliveries", () => {
     await subscribe(db.pool, `${receiver.url}/ip`);
     await subscribe(db.pool, `http://localhost:${receiver.port}/name`);
     await subscribe(db.pool, `http://[::1]:${receiver.port}/v6`);
-    app = await startReactor({
-      databaseUrl: db.url,
-      env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: "false", WEBHOOK_ALLOWED_NETWORKS: "" },
-    });
+    await start({ WEBHOOK_ALLOW_PRIVATE_NETWORKS: "false", WEBHOOK_ALLOWED_NETWORKS: "" });
     await emit(db.pool, "order.created");
     const rows = await waitFor(async () => {
       const r = await deliveryRows(db.pool);
@@ -305,7 +310,7 @@ describe("outbox → webhook deliveries", () => {
     });
     expect(claimed).toHaveLength(1);
     expect(claimed[0]?.event_id).toBe(id);
-    app = await startReactor({ databaseUrl: db.url });
+    await start();
     await waitFor(() => receiver.delivered.get(id) === 1, {
       timeoutMs: 10_000,
       what: "re-sent delivery",
@@ -318,6 +323,7 @@ describe("outbox → webhook deliveries", () => {
     await subscribe(db.pool, `${receiver.url}/two`);
     const [a, b] = (await startReplicas(2, { databaseUrl: db.url })) as [App, App];
     try {
+      await wakeSourceLive([a, b], mode);
       for (let i = 0; i < 15; i++) {
         await db.pool.query(
           `INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload)

@@ -2,7 +2,6 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { App } from "../src/app.js";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import {
-  createTestDatabase,
   insertOrders,
   setSetting,
   type TestDatabase,
@@ -10,31 +9,44 @@ import {
   waitFor,
 } from "./helpers/db.js";
 import { startReactor } from "./helpers/reactor.js";
+import {
+  clearSettingsKeepingWakeSource,
+  databaseForWakeSource,
+  WAKE_SOURCES,
+  wakeSourceLive,
+} from "./helpers/servers.js";
 
-describe("uploads: orders_inbox → ShipStation", () => {
+describe.each(WAKE_SOURCES)("uploads: orders_inbox → ShipStation (wake source %s)", (mode) => {
   let db: TestDatabase;
   let fake: FakeShipStation;
   let app: App | null = null;
 
+  /** Starts the case's reactor; returns once the suite's wake source is live. */
+  async function start(): Promise<void> {
+    app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
+    await wakeSourceLive([app], mode);
+  }
+
   beforeAll(async () => {
-    db = await createTestDatabase();
+    db = await databaseForWakeSource(mode);
     fake = await startFakeShipStation();
   });
   afterEach(async () => {
     await app?.stop(1_000);
     app = null;
-    await db.pool.query("TRUNCATE orders_inbox, reactor_rate_limits, configuration_params");
+    await db.pool.query("TRUNCATE orders_inbox, reactor_rate_limits");
+    await clearSettingsKeepingWakeSource(db.pool);
     fake.calls.length = 0;
     fake.received.clear();
     fake.script.length = 0;
   });
   afterAll(async () => {
-    await fake.close();
-    await db.drop();
+    await fake?.close();
+    await db?.drop();
   });
 
   it("an inserted and committed order reaches ShipStation once, with orderKey, status, date and Basic auth", async () => {
-    app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
+    await start();
     const { rows } = await db.pool.query(
       `INSERT INTO orders_inbox (order_number, order_key, status, payload)
        VALUES ('A-1', 'key-a1', 'awaiting_payment', $1), ('A-2', NULL, 'on_hold', $2) RETURNING id`,
@@ -81,7 +93,7 @@ describe("uploads: orders_inbox → ShipStation", () => {
     // About batching, not the limit (uploads-field.test.ts covers the real 40 a minute):
     // 100 calls at 40 a minute would take 2.5 minutes.
     await setSetting(db.pool, "upload_rate_limit_per_minute", "1000");
-    app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
+    await start();
     await insertOrders(db.pool, 10_000);
     await waitFor(() => fake.received.size === 10_000, {
       timeoutMs: 60_000,
@@ -98,7 +110,7 @@ describe("uploads: orders_inbox → ShipStation", () => {
   });
 
   it("a rolled-back insert sends nothing", async () => {
-    app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
+    await start();
     const client = await db.pool.connect();
     await client.query("BEGIN");
     await client.query(
@@ -117,7 +129,7 @@ describe("uploads: orders_inbox → ShipStation", () => {
   });
 
   it("an invalid order ends failed with a message naming the field, while the others flow", async () => {
-    app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
+    await start();
     const good = JSON.stringify(validPayload());
     const { shipTo: _s, ...noShipTo } = validPayload();
     await db.pool.query(
@@ -149,7 +161,7 @@ describe("uploads: orders_inbox → ShipStation", () => {
 
   it("ShipStation's per-order failure marks only that order failed, with its errorMessage", async () => {
     fake.script.push({ status: 200, failKeys: { "bad-sku": "Item SKU not found" } });
-    app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
+    await start();
     await db.pool.query(
       `INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('S-1', 'bad-sku', $1), ('S-2', 'fine', $1)`,
       [JSON.stringify(validPayload())],
@@ -175,7 +187,7 @@ describe("uploads: orders_inbox → ShipStation", () => {
       status: 429,
       headers: { "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1" },
     });
-    app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
+    await start();
     await db.pool.query(
       "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('R-1', 'r1', $1)",
       [JSON.stringify(validPayload())],
@@ -195,7 +207,7 @@ describe("uploads: orders_inbox → ShipStation", () => {
 
   it("a 5xx is retried on the schedule and then succeeds", async () => {
     fake.script.push({ status: 503 });
-    app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
+    await start();
     await db.pool.query(
       "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('T-1', 't1', $1)",
       [JSON.stringify(validPayload())],
@@ -219,7 +231,7 @@ describe("uploads: orders_inbox → ShipStation", () => {
   });
 
   it("a later change of an uploaded open order sends it again with the same orderKey", async () => {
-    app = await startReactor({ databaseUrl: db.url, shipstationUrl: fake.url });
+    await start();
     await db.pool.query(
       "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ('U-1', 'u1', $1)",
       [JSON.stringify(validPayload())],
