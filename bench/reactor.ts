@@ -1,5 +1,6 @@
-// pg-reactor's own measurements: pickup latency, drains (no-op handler, ShipStation
-// fake, webhook receiver) with 1 and 2 replicas, idle cost and config propagation.
+// pg-reactor's own measurements: pickup latency (with either wake source), drains
+// (no-op handler, ShipStation fake, webhook receiver) with 1 and 2 replicas, idle cost
+// and config propagation.
 import pg from "pg";
 import type { App } from "../src/app.js";
 import { startFakeShipStation } from "../src/demo/fake-shipstation.js";
@@ -9,6 +10,8 @@ import { makeLogger } from "../src/logger.js";
 import { makeMetrics } from "../src/metrics.js";
 import { makeReactor } from "../src/reactor/reactor.js";
 import { makeLiveSettings } from "../src/reactor/settings.js";
+import type { WakeSource } from "../src/reactor/settings-spec.js";
+import { switchWakeSource, walMissing } from "../src/reactor/wake-source.js";
 import type { Workload } from "../src/reactor/workload.js";
 import { SETTINGS } from "../src/workloads/index.js";
 import { makeOrdersQueue } from "../src/workloads/uploads/queue.js";
@@ -17,19 +20,44 @@ import { freshDatabase, idlePerHour, type Summary, summary, until } from "./lib.
 
 const PAYLOAD = JSON.stringify(sampleOrderPayload());
 
-async function withSettings(url: string, settings: Record<string, string>) {
+/** Stores reactor settings (an existing value is replaced; running replicas follow). */
+export async function withSettings(url: string, settings: Record<string, string>) {
   const c = new pg.Client({ connectionString: url });
   await c.connect();
-  for (const [k, v] of Object.entries(settings)) {
-    await c.query(
-      "INSERT INTO configuration_params (category, parameter_name, value) VALUES ('reactor', $1, $2)",
-      [k, v],
-    );
+  try {
+    for (const [k, v] of Object.entries(settings)) {
+      await c.query(
+        `INSERT INTO configuration_params (category, parameter_name, value) VALUES ('reactor', $1, $2)
+         ON CONFLICT (category, parameter_name, sku) DO UPDATE SET value = excluded.value, updated_at = now()`,
+        [k, v],
+      );
+    }
+  } finally {
+    await c.end();
   }
-  await c.end();
 }
 
-type Pickup = { handler: Summary; target: Summary };
+/** Why this server cannot run the `wal` wake source, or null. */
+export async function walUnavailable(url: string): Promise<string | null> {
+  const pool = new pg.Pool({ connectionString: url, max: 1 });
+  try {
+    return await walMissing(pool);
+  } finally {
+    await pool.end();
+  }
+}
+
+/** Switches the wake source as `npx pg-reactor wake-source` does: the production path. */
+export async function setWakeSource(url: string, mode: WakeSource): Promise<void> {
+  const pool = new pg.Pool({ connectionString: url, max: 1 });
+  try {
+    await switchWakeSource(pool, mode);
+  } finally {
+    await pool.end();
+  }
+}
+
+type Pickup = { wakeSource: WakeSource; handler: Summary; target: Summary };
 
 /** A reactor that records which row ids its drainers claimed (the handler-start signal). */
 async function startRecordingReactor(url: string, shipstationUrl?: string) {
@@ -52,7 +80,7 @@ async function measurePickup(
   samples: number,
   claimed: Set<number>,
   insert: (i: number) => Promise<{ rowId: number; arrived: () => boolean }>,
-): Promise<Pickup> {
+): Promise<Omit<Pickup, "wakeSource">> {
   const handler: number[] = [];
   const target: number[] = [];
   for (let i = 0; i < samples; i++) {
@@ -66,11 +94,26 @@ async function measurePickup(
   return { handler: summary(handler), target: summary(target) };
 }
 
-export async function uploadPickup(adminUrl: string, samples: number): Promise<Pickup> {
+/**
+ * INSERT → handler claim and INSERT → fake ShipStation, one order at a time, with the
+ * wake source `mode` in force from the start (in `wal` mode the reactor reads the WAL
+ * before the first sample).
+ */
+export async function uploadPickup(
+  adminUrl: string,
+  samples: number,
+  mode: WakeSource = "notify",
+): Promise<Pickup | { skipped: string }> {
   const url = await freshDatabase(adminUrl);
   await withSettings(url, { upload_rate_limit_per_minute: "100000" });
+  if (mode === "wal") {
+    const missing = await walUnavailable(url);
+    if (missing) return { skipped: `wal mode unavailable: ${missing}` };
+    await setWakeSource(url, "wal");
+  }
   const fake = await startFakeShipStation();
   const { app, claimed } = await startRecordingReactor(url, fake.url);
+  if (mode === "wal") await until(() => app.reactor.wal.state().connected, 30_000);
   const db = new pg.Client({ connectionString: url });
   await db.connect();
   const result = await measurePickup(samples, claimed, async (i) => {
@@ -84,7 +127,7 @@ export async function uploadPickup(adminUrl: string, samples: number): Promise<P
   await app.stop(1_000);
   await db.end();
   await fake.close();
-  return result;
+  return { wakeSource: mode, ...result };
 }
 
 export async function deliveryPickup(adminUrl: string, samples: number): Promise<Pickup> {
@@ -110,7 +153,7 @@ export async function deliveryPickup(adminUrl: string, samples: number): Promise
   await app.stop(1_000);
   await db.end();
   await receiver.close();
-  return result;
+  return { wakeSource: "notify", ...result };
 }
 
 /** A reactor whose only workload finalizes every claimed order as success at once. */

@@ -2,7 +2,7 @@
 // (BENCH_DATABASE_URL, or embedded Postgres). Prints a table; writes the same numbers
 // with machine, Node and Postgres versions to bench/results/<date>.json.
 import { randomBytes } from "node:crypto";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, rm, writeFile } from "node:fs/promises";
 import { cpus, tmpdir, totalmem } from "node:os";
 import path from "node:path";
 import pg from "pg";
@@ -18,6 +18,7 @@ import {
   uploadPickup,
 } from "./reactor.js";
 import { triggerCost } from "./triggers.js";
+import { walKill, walSigkill } from "./wal.js";
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 const SAMPLES = env("BENCH_SAMPLES", 1000);
@@ -27,18 +28,27 @@ const IDLE_SECONDS = env("BENCH_IDLE_SECONDS", 60);
 const CONFIG_CHANGES = env("BENCH_CONFIG_CHANGES", 200);
 const TRIGGER_SECONDS = env("BENCH_TRIGGER_SECONDS", 5);
 const TRIGGER_REPEATS = env("BENCH_TRIGGER_REPEATS", 3);
+const WAL_KILLS = env("BENCH_WAL_KILLS", 20);
+/** The SIGKILL scenario's lease: the survivor takes the killed replica's rows after it. */
+const SIGKILL_LEASE_SECONDS = env("BENCH_SIGKILL_LEASE_SECONDS", 10);
 const ONLY = process.env.BENCH_ONLY?.split(",");
 const want = (part: string) => !ONLY || ONLY.includes(part);
 
 async function main() {
-  let adminUrl = process.env.BENCH_DATABASE_URL;
-  let stopEmbedded: () => Promise<unknown> = async () => undefined;
-  if (!adminUrl) {
-    const dir = path.join(tmpdir(), `pg-reactor-bench-${randomBytes(4).toString("hex")}`);
-    const e = await startEmbeddedPostgres({ dir, persistent: false, database: "postgres" });
-    adminUrl = e.url;
-    stopEmbedded = e.stop;
+  const given = process.env.BENCH_DATABASE_URL;
+  if (given) return measure(given);
+  const dir = path.join(tmpdir(), `pg-reactor-bench-${randomBytes(4).toString("hex")}`);
+  const e = await startEmbeddedPostgres({ dir, persistent: false, database: "postgres" });
+  // A failed step still stops the server and removes its folder.
+  try {
+    await measure(e.url);
+  } finally {
+    await e.stop();
+    await rm(dir, { recursive: true, force: true });
   }
+}
+
+async function measure(adminUrl: string) {
   const c = new pg.Client({ connectionString: adminUrl });
   await c.connect();
   const postgres = (await c.query("SHOW server_version")).rows[0].server_version;
@@ -52,7 +62,10 @@ async function main() {
   };
   await step("latency.rawNotify", () => rawNotify(adminUrl, SAMPLES));
   await step("latency.graphileWorker", () => graphileLatency(adminUrl, SAMPLES));
-  await step("latency.uploads", () => uploadPickup(adminUrl, SAMPLES));
+  await step("latency.uploads", () => uploadPickup(adminUrl, SAMPLES, "notify"));
+  await step("latency.uploadsWal", () => uploadPickup(adminUrl, SAMPLES, "wal"));
+  const walVsNotify = compareLatency(r["latency.uploads"], r["latency.uploadsWal"]);
+  if (walVsNotify) r["latency.uploadsWalVsNotify"] = walVsNotify;
   await step("latency.deliveries", () => deliveryPickup(adminUrl, SAMPLES));
   await step("drain.graphileWorker", () => graphileDrain(adminUrl, DRAIN, IDLE_SECONDS));
   for (const replicas of [1, 2]) {
@@ -65,6 +78,8 @@ async function main() {
   await step("idle.reactor", () => reactorIdle(adminUrl, IDLE_SECONDS));
   await step("config.propagation", () => configPropagation(adminUrl, CONFIG_CHANGES));
   await step("triggers.cost", () => triggerCost(adminUrl, TRIGGER_SECONDS, TRIGGER_REPEATS));
+  await step("faults.walKill", () => walKill(adminUrl, WAL_KILLS));
+  await step("faults.walSigkill", () => walSigkill(adminUrl, SIGKILL_LEASE_SECONDS));
 
   const report = {
     date: new Date().toISOString(),
@@ -105,7 +120,22 @@ async function main() {
   const file = `${report.date.slice(0, 10)}.json`;
   await writeFile(new URL(file, dir), `${JSON.stringify(report, null, 2)}\n`);
   console.log(`written to bench/results/${file}`);
-  await stopEmbedded();
+}
+
+type Pickup = { handler: { p50: number; p99: number }; target: { p50: number; p99: number } };
+
+/** wal against notify pickup latency (targets: p50 at most 1.3 times notify's, p99 ≤ 10 ms). */
+function compareLatency(notify: unknown, wal: unknown) {
+  const has = (x: unknown): x is Pickup => typeof x === "object" && x !== null && "handler" in x;
+  if (!has(notify) || !has(wal)) return null;
+  const ratio = (a: number, b: number) => Number((a / b).toFixed(2));
+  return {
+    handlerP50Ratio: ratio(wal.handler.p50, notify.handler.p50),
+    targetP50Ratio: ratio(wal.target.p50, notify.target.p50),
+    walHandlerP99: wal.handler.p99,
+    walTargetP99: wal.target.p99,
+    target: "p50 ratio ≤ 1.3, wal p99 ≤ 10 ms",
+  };
 }
 
 main().then(

@@ -1,16 +1,39 @@
-// The cost of the notify triggers on writers: pgbench single-row INSERTs into
-// orders_inbox with the triggers on and off, at several client counts. NOTIFY takes a
-// cluster-wide lock at commit, so this is where it would show.
+// What waking the reactors costs writers: pgbench single-row INSERTs into orders_inbox at
+// several client counts, in the three states production can be in, each set the way
+// production sets it (the wake_source setting, whose triggers create or drop the notify
+// triggers):
+//   notify: the notify triggers (transition table + NOTIFY, whose commit-time lock is
+//           cluster-wide) and a replica LISTENing;
+//   wal:    no notify trigger; a replica reading the WAL, so the walsender's decoding runs;
+//   none:   no notify trigger and no reader (wal with no replica attached): the baseline.
+// The replica has uploads_enabled = false: it still wakes at every commit, but uploads nothing.
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { writeFile } from "node:fs/promises";
+import { rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import pg from "pg";
+import type { App } from "../src/app.js";
+import { wakeReaders } from "../src/reactor/wake-source.js";
+import { startReactor } from "../test/helpers/reactor.js";
 import { freshDatabase } from "./lib.js";
+import { setWakeSource, walUnavailable, withSettings } from "./reactor.js";
+import { waitFor } from "./wal.js";
 
 const run = promisify(execFile);
+
+type Mode = "notify" | "wal" | "none";
+const MODES: readonly Mode[] = ["notify", "wal", "none"];
+const CLIENTS = [1, 8, 32];
+/** The triggers wake_source = notify creates (sql/070_wake_source.sql) and wal drops. */
+const NOTIFY_TRIGGERS = [
+  "reactor_orders_notify_insert",
+  "reactor_orders_notify_update",
+  "reactor_deliveries_notify_update",
+  "reactor_shipments_notify_insert",
+  "reactor_shipments_notify_update",
+];
 
 function findPgbench(): string | null {
   for (const dir of [
@@ -54,46 +77,125 @@ async function tps(
   return Number(m[1]);
 }
 
+/** Puts the database and the one replica in `mode`'s state, and checks it is exactly that. */
+function makeModes(url: string, pool: pg.Pool) {
+  let app: App | null = null;
+
+  async function notifyTriggers(): Promise<number> {
+    const { rows } = await pool.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM pg_trigger WHERE tgname = ANY($1)",
+      [NOTIFY_TRIGGERS],
+    );
+    return rows[0]?.n ?? 0;
+  }
+
+  /** Holds when the triggers and the readers the server sees are `mode`'s. */
+  async function inState(mode: Mode): Promise<boolean> {
+    const [triggers, readers] = await Promise.all([notifyTriggers(), wakeReaders(pool)]);
+    switch (mode) {
+      case "notify":
+        return (
+          triggers === NOTIFY_TRIGGERS.length && readers.listening === 1 && readers.readingWal === 0
+        );
+      case "wal":
+        return triggers === 0 && readers.readingWal === 1;
+      case "none":
+        return triggers === 0 && readers.listening === 0 && readers.readingWal === 0;
+    }
+  }
+
+  return {
+    async enter(mode: Mode) {
+      if (mode === "none") {
+        await app?.stop(1_000);
+        app = null;
+        await setWakeSource(url, "wal");
+      } else {
+        await setWakeSource(url, mode);
+        app ??= await startReactor({ databaseUrl: url, env: { INSTANCE_ID: "bench" } });
+        const reactor = app.reactor;
+        await waitFor(
+          () =>
+            reactor.wakeSource() === mode &&
+            (mode === "wal" ? reactor.wal.state().connected : reactor.listener().state().connected),
+          `the replica on ${mode}`,
+        );
+      }
+      await waitFor(() => inState(mode), `the ${mode} state on the server`);
+    },
+    /** Stops the replica; resolves once the server sees no reader of it. */
+    async close() {
+      await app?.stop(1_000);
+      app = null;
+      await waitFor(async () => {
+        const readers = await wakeReaders(pool);
+        return readers.listening === 0 && readers.readingWal === 0;
+      }, "no reader left");
+    },
+  };
+}
+
 export async function triggerCost(adminUrl: string, seconds: number, repeats: number) {
   const pgbench = findPgbench();
   if (!pgbench) return { skipped: "pgbench not found (Debian package postgresql-client)" };
   const url = await freshDatabase(adminUrl);
+  const missing = await walUnavailable(url);
+  if (missing) return { skipped: `wal mode unavailable: ${missing}` };
+  await withSettings(url, { uploads_enabled: "false" });
   const script = path.join(tmpdir(), `pgr-bench-${process.pid}.sql`);
   await writeFile(
     script,
     `INSERT INTO orders_inbox (order_number, payload) VALUES ('bench', '{"a":1}');\n`,
   );
-  const db = new pg.Client({ connectionString: url });
-  await db.connect();
-  // A listener is attached, as in production.
-  const listener = new pg.Client({ connectionString: url });
-  await listener.connect();
-  await listener.query("LISTEN reactor_orders");
+  const pool = new pg.Pool({ connectionString: url, max: 2 });
+  const modes = makeModes(url, pool);
   const results: Array<Record<string, number>> = [];
-  for (const clients of [1, 8, 32]) {
-    const on: number[] = [];
-    const off: number[] = [];
-    // Alternate on/off runs so drift on a noisy machine hits both alike; report medians.
-    for (let r = 0; r < repeats; r++) {
-      await db.query("ALTER TABLE orders_inbox ENABLE TRIGGER reactor_orders_notify_insert");
-      on.push(await tps(pgbench, url, script, clients, seconds));
-      await db.query("ALTER TABLE orders_inbox DISABLE TRIGGER reactor_orders_notify_insert");
-      off.push(await tps(pgbench, url, script, clients, seconds));
-      await db.query("TRUNCATE orders_inbox");
+  const samples: Array<{ clients: number } & Record<Mode, number[]>> = [];
+  let checkpoints = true;
+  try {
+    for (const clients of CLIENTS) {
+      const runs: Record<Mode, number[]> = { notify: [], wal: [], none: [] };
+      for (let r = 0; r < repeats; r++) {
+        // Modes interleaved, the first one rotating: drift and position hit all alike.
+        for (let m = 0; m < MODES.length; m++) {
+          const mode = MODES[(r + m) % MODES.length] as Mode;
+          await modes.enter(mode);
+          // Every run starts alike: an empty table, and no checkpoint due mid-run (the
+          // full-page writes after one would burden whichever mode ran then).
+          await pool.query("TRUNCATE orders_inbox");
+          if (checkpoints) {
+            await pool.query("CHECKPOINT").catch(() => {
+              checkpoints = false;
+            });
+          }
+          runs[mode].push(await tps(pgbench, url, script, clients, seconds));
+        }
+      }
+      const median = (xs: number[]) =>
+        [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+      const none = median(runs.none);
+      const percent = (x: number) => Number(((x / none) * 100).toFixed(1));
+      results.push({
+        clients,
+        tpsNone: Math.round(none),
+        tpsWal: Math.round(median(runs.wal)),
+        tpsNotify: Math.round(median(runs.notify)),
+        walPercentOfNone: percent(median(runs.wal)),
+        notifyPercentOfNone: percent(median(runs.notify)),
+      });
+      samples.push({ clients, ...runs });
     }
-    const median = (xs: number[]) =>
-      [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
-    const tOn = median(on);
-    const tOff = median(off);
-    results.push({
-      clients,
-      tpsTriggersOn: Math.round(tOn),
-      tpsTriggersOff: Math.round(tOff),
-      overheadPercent: Number((((tOff - tOn) / tOff) * 100).toFixed(1)),
-    });
+  } finally {
+    await modes.close();
+    await pool.end();
+    await rm(script, { force: true });
   }
-  await db.query("ALTER TABLE orders_inbox ENABLE TRIGGER reactor_orders_notify_insert");
-  await listener.end();
-  await db.end();
-  return { seconds, repeats, results };
+  return {
+    seconds,
+    repeats,
+    checkpointBeforeEachRun: checkpoints,
+    target: "wal within 10 % of none at 8 and 32 writers",
+    results,
+    samples,
+  };
 }
