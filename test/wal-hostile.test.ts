@@ -101,7 +101,7 @@ async function walCheck(app: App) {
   return (await buildHealth(app)).checks["wal:stream"]?.[0];
 }
 
-/** Locks `table` in `mode` (the tables this table's row lock needs) on a connection of its own. */
+/** A transaction left open after `sql`, on a connection of its own, until end(). */
 async function holdTransaction(
   url: string,
   sql: string,
@@ -515,7 +515,7 @@ describe("wake source wal, attacked", () => {
       { what: "the UPDATE's DDL waiting for orders_inbox", timeoutMs: 10_000 },
     );
     let writerDone = false;
-    void insertOrders(db.pool, 1).then(() => {
+    const writer = insertOrders(db.pool, 1).then(() => {
       writerDone = true;
     });
     const outcome = await Promise.race([settled, sleep(6_500).then(() => "still waiting")]);
@@ -524,8 +524,11 @@ describe("wake source wal, attacked", () => {
     await long.end();
     await settled;
     await operator.query("ROLLBACK").catch(() => undefined);
-    expect(writerBlocked).toBe(false);
-    expect(outcome).toMatch(/lock timeout/);
+    await writer;
+    expect({ outcome, writerBlocked }).toEqual({
+      outcome: expect.stringMatching(/lock timeout/),
+      writerBlocked: false,
+    });
   });
 
   it("two operators switching at once, again and again: the stored mode, the triggers and every replica always agree", async () => {
