@@ -134,6 +134,20 @@ describe("wake source wal", () => {
     expect(status?.status).toBe("pass");
   });
 
+  it("isolated commits are each picked up, though a commit can reach the stream before it is visible", async () => {
+    await walDatabase();
+    await start();
+    // One order at a time, nothing else committing: no later commit's wake can find an
+    // earlier row the first claim missed, and the safety poll is an hour away.
+    for (let i = 0; i < 150; i++) {
+      await insertOrders(db.pool, 1, { prefix: `iso-${i}` });
+      await waitFor(async () => (await uploadStates(db.pool)).uploaded === i + 1, {
+        what: `order ${i + 1} uploaded from its own commit`,
+        timeoutMs: 10_000,
+      });
+    }
+  });
+
   it("switching notify → wal → notify under a steady stream of orders loses none", async () => {
     db = await server.database();
     await setSetting(db.pool, "poll_interval_seconds", "3600");

@@ -33,6 +33,14 @@ const PING_INTERVAL_MS = 10_000;
 const DEAD_AFTER_MS = 35_000;
 /** Closing politely waits this long before the socket is destroyed. */
 const END_TIMEOUT_MS = 1_000;
+/**
+ * A commit reaches the stream once its WAL record is flushed, a moment before the
+ * committing backend leaves the proc array: a claim sent at once can miss its rows.
+ * So the last commit of a burst wakes its workload again after each of these delays
+ * (a claim that finds nothing costs one short query; under load the next commit's wake
+ * finds the rows anyway).
+ */
+export const FOLLOW_UP_MS: readonly number[] = [2, 20, 200, 1_000];
 /** A row due within this much of the reactor's clock counts as due (clocks differ a little). */
 const DUE_SLACK_MS = 1_000;
 
@@ -152,6 +160,8 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
   let everStarted = false;
   /** Workloads touched by the transaction being read; woken at its commit. */
   const touched = new Set<string>();
+  /** Per workload, the pending follow-up wake of its last commit. */
+  const followUps = new Map<string, NodeJS.Timeout>();
 
   function setConnected(connected: boolean) {
     if (state.connected === connected) return;
@@ -186,7 +196,10 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
       }
       case "commit": {
         state.lastCommitAt = new Date();
-        for (const workload of touched) options.wake(workload);
+        for (const workload of touched) {
+          options.wake(workload);
+          followUp(workload, 0);
+        }
         touched.clear();
         return;
       }
@@ -196,6 +209,22 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
       default:
         return;
     }
+  }
+
+  /** Wakes `workload` again after FOLLOW_UP_MS[step], then the later steps; a new commit restarts it. */
+  function followUp(workload: string, step: number) {
+    clearTimeout(followUps.get(workload));
+    const delay = FOLLOW_UP_MS[step];
+    if (delay === undefined || stopped) {
+      followUps.delete(workload);
+      return;
+    }
+    const timer = setTimeout(() => {
+      options.wake(workload);
+      followUp(workload, step + 1);
+    }, delay);
+    timer.unref();
+    followUps.set(workload, timer);
   }
 
   /** Reports a slot creation that waits (for transactions older than it to end). */
@@ -333,6 +362,8 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
     async stop() {
       stopped = true;
       wakeSleep?.();
+      for (const timer of followUps.values()) clearTimeout(timer);
+      followUps.clear();
       if (service) await close(service);
       await loop;
       loop = null;
