@@ -40,33 +40,69 @@ BEGIN
 END
 $$;
 
--- Puts the triggers (and the publication) in the state `mode` needs. Idempotent.
+-- Puts the triggers (and the publication) in the state `mode` needs. Idempotent, so it
+-- also repairs: a publication someone dropped or altered is put back as it must be. Its
+-- DDL takes each work table's lock for an instant; a transaction holding one makes it
+-- give up after 5 s (the function's own lock_timeout) rather than queue every writer
+-- behind it.
 CREATE OR REPLACE FUNCTION reactor_apply_wake_source(mode text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET lock_timeout = '5s' AS $$
+DECLARE
+  notify_triggers int;
+  publication_right boolean;
 BEGIN
   IF mode NOT IN ('notify', 'wal') THEN
     RAISE EXCEPTION 'wake source must be notify or wal, got %', quote_literal(mode);
   END IF;
-  DROP TRIGGER IF EXISTS reactor_orders_notify_insert ON orders_inbox;
-  DROP TRIGGER IF EXISTS reactor_orders_notify_update ON orders_inbox;
-  DROP TRIGGER IF EXISTS reactor_deliveries_notify_update ON webhook_deliveries;
-  DROP TRIGGER IF EXISTS reactor_shipments_notify_insert ON shipstation_notifications;
-  DROP TRIGGER IF EXISTS reactor_shipments_notify_update ON shipstation_notifications;
+  -- Only what is not already right is changed: each DDL takes a table lock.
+  SELECT count(*) INTO notify_triggers FROM pg_trigger
+  WHERE tgname IN ('reactor_orders_notify_insert', 'reactor_orders_notify_update',
+                   'reactor_deliveries_notify_update', 'reactor_shipments_notify_insert',
+                   'reactor_shipments_notify_update');
   IF mode = 'wal' THEN
+    IF notify_triggers > 0 THEN
+      DROP TRIGGER IF EXISTS reactor_orders_notify_insert ON orders_inbox;
+      DROP TRIGGER IF EXISTS reactor_orders_notify_update ON orders_inbox;
+      DROP TRIGGER IF EXISTS reactor_deliveries_notify_update ON webhook_deliveries;
+      DROP TRIGGER IF EXISTS reactor_shipments_notify_insert ON shipstation_notifications;
+      DROP TRIGGER IF EXISTS reactor_shipments_notify_update ON shipstation_notifications;
+    END IF;
     -- The fan-out stays in the writer's transaction; only its wake-up goes.
     CREATE OR REPLACE FUNCTION reactor_wake_deliveries() RETURNS void LANGUAGE sql AS $f$ SELECT $f$;
     -- Only the columns a wake decision reads: a reactor never decodes payloads.
+    SELECT count(*) = 3 INTO publication_right
+    FROM pg_publication p JOIN pg_publication_tables t ON t.pubname = p.pubname
+    WHERE p.pubname = 'pg_reactor' AND p.pubinsert AND p.pubupdate
+      AND (t.tablename, (SELECT array_agg(a::text ORDER BY a::text) FROM unnest(t.attnames) a)) IN (
+        ('orders_inbox', ARRAY['id', 'locked_by', 'next_attempt_at', 'upload_state']),
+        ('webhook_deliveries', ARRAY['id', 'locked_by', 'next_attempt_at', 'state']),
+        ('shipstation_notifications', ARRAY['id', 'locked_by', 'next_attempt_at', 'state']));
     IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'pg_reactor') THEN
       CREATE PUBLICATION pg_reactor
         FOR TABLE orders_inbox (id, upload_state, locked_by, next_attempt_at),
                   webhook_deliveries (id, state, locked_by, next_attempt_at),
                   shipstation_notifications (id, state, locked_by, next_attempt_at)
         WITH (publish = 'insert, update');
+    ELSIF NOT publication_right THEN
+      -- Dropped tables or columns, or more than ours: put it back as it must be.
+      ALTER PUBLICATION pg_reactor
+        SET TABLE orders_inbox (id, upload_state, locked_by, next_attempt_at),
+                  webhook_deliveries (id, state, locked_by, next_attempt_at),
+                  shipstation_notifications (id, state, locked_by, next_attempt_at);
+      ALTER PUBLICATION pg_reactor SET (publish = 'insert, update');
     END IF;
     RETURN;
   END IF;
   CREATE OR REPLACE FUNCTION reactor_wake_deliveries() RETURNS void LANGUAGE sql AS
     $f$ SELECT pg_notify('reactor_deliveries', '{"v":1,"table":"webhook_deliveries","op":"INSERT"}') $f$;
+  IF notify_triggers = 5 THEN
+    RETURN;
+  END IF;
+  DROP TRIGGER IF EXISTS reactor_orders_notify_insert ON orders_inbox;
+  DROP TRIGGER IF EXISTS reactor_orders_notify_update ON orders_inbox;
+  DROP TRIGGER IF EXISTS reactor_deliveries_notify_update ON webhook_deliveries;
+  DROP TRIGGER IF EXISTS reactor_shipments_notify_insert ON shipstation_notifications;
+  DROP TRIGGER IF EXISTS reactor_shipments_notify_update ON shipstation_notifications;
   CREATE TRIGGER reactor_orders_notify_insert
     AFTER INSERT ON orders_inbox
     REFERENCING NEW TABLE AS new_rows
@@ -87,6 +123,9 @@ BEGIN
     AFTER UPDATE ON shipstation_notifications
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION reactor_shipments_notify_update();
+EXCEPTION WHEN lock_not_available THEN
+  RAISE EXCEPTION 'switching the wake source needs an instant''s lock on orders_inbox, webhook_deliveries and shipstation_notifications, and a transaction held one for 5 s (lock timeout); nothing was changed, try again'
+    USING ERRCODE = 'lock_not_available';
 END
 $$;
 
@@ -100,12 +139,14 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- `wal` is refused at write time where the server cannot do it, with what is missing.
+-- Where wal is already in force (the running replicas hold the slots it would count),
+-- saying wal again is not checked.
 CREATE OR REPLACE FUNCTION reactor_wake_source_check() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
   missing text;
 BEGIN
-  IF lower(btrim(NEW.value)) = 'wal' THEN
+  IF lower(btrim(NEW.value)) = 'wal' AND reactor_wake_source() <> 'wal' THEN
     missing := reactor_wal_missing();
     IF missing IS NOT NULL THEN
       RAISE EXCEPTION 'reactor.wake_source cannot be wal: %', missing
@@ -143,9 +184,18 @@ $$;
 
 DROP TRIGGER IF EXISTS reactor_wake_source_apply ON configuration_params;
 CREATE TRIGGER reactor_wake_source_apply
-  AFTER INSERT OR UPDATE ON configuration_params
+  AFTER INSERT ON configuration_params
   FOR EACH ROW
   WHEN (NEW.category = 'reactor' AND NEW.parameter_name = 'wake_source' AND NEW.sku IS NULL)
+  EXECUTE FUNCTION reactor_wake_source_apply();
+
+-- An UPDATE that moves the row out of the setting (another sku or category) is a removal.
+DROP TRIGGER IF EXISTS reactor_wake_source_apply_update ON configuration_params;
+CREATE TRIGGER reactor_wake_source_apply_update
+  AFTER UPDATE ON configuration_params
+  FOR EACH ROW
+  WHEN ((NEW.category = 'reactor' AND NEW.parameter_name = 'wake_source' AND NEW.sku IS NULL)
+     OR (OLD.category = 'reactor' AND OLD.parameter_name = 'wake_source' AND OLD.sku IS NULL))
   EXECUTE FUNCTION reactor_wake_source_apply();
 
 DROP TRIGGER IF EXISTS reactor_wake_source_apply_delete ON configuration_params;

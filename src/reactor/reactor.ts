@@ -101,15 +101,21 @@ export function makeReactor(options: ReactorOptions): Reactor {
   });
   let wakeSource: WakeSource = "notify";
 
+  /** Switches in the order the settings changed, one at a time. */
+  let switching: Promise<void> = Promise.resolve();
+
   /** Follows the setting: starts or stops the WAL reader. NOTIFY stays for the config channel. */
-  async function applyWakeSource(next: WakeSource) {
-    metrics.wakeSource.set({ source: "notify" }, next === "notify" ? 1 : 0);
-    metrics.wakeSource.set({ source: "wal" }, next === "wal" ? 1 : 0);
-    if (next === wakeSource || stopping) return;
-    wakeSource = next;
-    log.info({ wakeSource: next }, "wake source switched");
-    if (next === "wal") wal.start();
-    else await wal.stop();
+  function applyWakeSource(next: WakeSource): Promise<void> {
+    switching = switching.then(async () => {
+      metrics.wakeSource.set({ source: "notify" }, next === "notify" ? 1 : 0);
+      metrics.wakeSource.set({ source: "wal" }, next === "wal" ? 1 : 0);
+      if (next === wakeSource || stopping) return;
+      wakeSource = next;
+      log.info({ wakeSource: next }, "wake source switched");
+      if (next === "wal") wal.start();
+      else await wal.stop();
+    });
+    return switching;
   }
 
   settings.onChange((changes) => {

@@ -73,7 +73,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
   changed boolean;
 BEGIN
-  IF TG_OP = 'INSERT' THEN
+  IF TG_OP = 'TRUNCATE' THEN
+    changed := true;
+  ELSIF TG_OP = 'INSERT' THEN
     SELECT EXISTS (SELECT 1 FROM new_rows WHERE category = 'reactor' AND sku IS NULL) INTO changed;
   ELSIF TG_OP = 'DELETE' THEN
     SELECT EXISTS (SELECT 1 FROM old_rows WHERE category = 'reactor' AND sku IS NULL) INTO changed;
@@ -104,6 +106,12 @@ DROP TRIGGER IF EXISTS reactor_config_notify_delete ON configuration_params;
 CREATE TRIGGER reactor_config_notify_delete
   AFTER DELETE ON configuration_params
   REFERENCING OLD TABLE AS old_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION reactor_config_notify();
+
+-- TRUNCATE removes every setting at once: the replicas go back to the defaults.
+DROP TRIGGER IF EXISTS reactor_config_notify_truncate ON configuration_params;
+CREATE TRIGGER reactor_config_notify_truncate
+  AFTER TRUNCATE ON configuration_params
   FOR EACH STATEMENT EXECUTE FUNCTION reactor_config_notify();
 `;
 }

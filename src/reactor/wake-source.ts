@@ -8,6 +8,8 @@ import { WAL_APPLICATION_NAME } from "./wal-waker.js";
 
 /** The DDL of the switch waits at most this long for a table lock (a long transaction). */
 const LOCK_TIMEOUT = "5s";
+/** A switch that deadlocks (nothing changed) is tried this many times in all. */
+const MAX_TRIES = 3;
 
 export class WakeSourceRefused extends Error {
   override name = "WakeSourceRefused";
@@ -26,12 +28,30 @@ export async function currentWakeSource(pool: Pool): Promise<WakeSource> {
   return rows[0]?.mode ?? "notify";
 }
 
-/** Stores `mode`; returns the mode before. Throws WakeSourceRefused with what is missing. */
+/**
+ * Stores `mode` and puts the triggers and the publication in its state (again, where it
+ * is in force already: that repairs a publication someone dropped or altered). Returns
+ * the mode before. Throws WakeSourceRefused with what is missing.
+ */
 export async function switchWakeSource(pool: Pool, mode: WakeSource): Promise<WakeSource> {
-  if (mode === "wal") {
+  // Where wal is in force, its replicas hold the slots the check would count.
+  if (mode === "wal" && (await currentWakeSource(pool)) !== "wal") {
     const missing = await walMissing(pool);
     if (missing) throw new WakeSourceRefused(`wal refused: ${missing}`);
   }
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await storeWakeSource(pool, mode);
+    } catch (err) {
+      // The DDL locks three tables; a transaction taking them in another order (an app
+      // writing two of them, a concurrent switch) can deadlock with it. Nothing was
+      // changed: try again.
+      if ((err as { code?: string }).code !== "40P01" || attempt >= MAX_TRIES) throw err;
+    }
+  }
+}
+
+async function storeWakeSource(pool: Pool, mode: WakeSource): Promise<WakeSource> {
   const client = await pool.connect();
   let broken: Error | undefined;
   try {
@@ -44,6 +64,7 @@ export async function switchWakeSource(pool: Pool, mode: WakeSource): Promise<Wa
        ON CONFLICT (category, parameter_name, sku) DO UPDATE SET value = excluded.value, updated_at = now()`,
       [mode],
     );
+    await client.query("SELECT reactor_apply_wake_source($1)", [mode]);
     await client.query("COMMIT");
     return before.rows[0]?.mode ?? "notify";
   } catch (err) {
@@ -52,7 +73,7 @@ export async function switchWakeSource(pool: Pool, mode: WakeSource): Promise<Wa
     });
     if ((err as { code?: string }).code === "55P03") {
       throw new WakeSourceRefused(
-        `a transaction holds one of the reactor's tables (orders_inbox, webhook_deliveries, shipstation_notifications) for more than ${LOCK_TIMEOUT}; nothing was changed, try again`,
+        `switching needs an instant's lock on orders_inbox, webhook_deliveries and shipstation_notifications, and a transaction held one for ${LOCK_TIMEOUT} (lock timeout); nothing was changed, try again`,
       );
     }
     throw err;

@@ -31,6 +31,8 @@ const ACK_INTERVAL_SECONDS = 5;
  */
 const PING_INTERVAL_MS = 10_000;
 const DEAD_AFTER_MS = 35_000;
+/** While the stream runs, the publication is checked this often (someone may drop or alter it). */
+const PUBLICATION_CHECK_MS = 5 * 60_000;
 /** Closing politely waits this long before the socket is destroyed. */
 const END_TIMEOUT_MS = 1_000;
 /**
@@ -124,6 +126,9 @@ class TemporarySlotPlugin extends PgoutputPlugin {
 export function describeWalError(err: unknown): string {
   const e = err as { code?: string; message?: string };
   const message = e.message ?? String(err);
+  if (/unsupported startup parameter.*replication/i.test(message)) {
+    return `${message}: replication cannot pass through PgBouncer; set LISTEN_DATABASE_URL to a direct connection to PostgreSQL`;
+  }
   switch (e.code) {
     case "55000":
       return `${message}: set wal_level = logical and restart PostgreSQL`;
@@ -160,6 +165,8 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
   let everStarted = false;
   /** Workloads touched by the transaction being read; woken at its commit. */
   const touched = new Set<string>();
+  /** What is wrong with the publication (checked while the stream runs), or null. */
+  let publicationProblem: string | null = null;
   /** Per workload, the pending follow-up wake of its last commit. */
   const followUps = new Map<string, NodeJS.Timeout>();
 
@@ -227,6 +234,32 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
     followUps.set(workload, timer);
   }
 
+  /**
+   * The publication must publish every work table: on PostgreSQL 18 a dropped one leaves
+   * the stream running and silent, so it is looked at when the stream starts and now and
+   * then while it runs.
+   */
+  async function checkPublication() {
+    const wanted = options.tables.map((t) => t.spec.table).sort();
+    const { rows } = await options.pool
+      .query<{ tablename: string }>(
+        "SELECT tablename FROM pg_publication_tables WHERE pubname = $1",
+        [PUBLICATION],
+      )
+      .catch(() => ({ rows: null }));
+    if (rows === null) return; // the database is away: the stream will say so
+    const have = new Set(rows.map((r) => r.tablename));
+    const missing = wanted.filter((t) => !have.has(t));
+    const problem =
+      missing.length === 0
+        ? null
+        : rows.length === 0
+          ? `publication ${PUBLICATION} is missing or publishes nothing, so no commit wakes this replica: run npx pg-reactor wake-source wal to put it back`
+          : `publication ${PUBLICATION} does not publish ${missing.join(", ")}, so their commits wake no one: run npx pg-reactor wake-source wal to put it back`;
+    if (problem !== null && problem !== publicationProblem) log.warn(problem);
+    publicationProblem = problem;
+  }
+
   /** Reports a slot creation that waits (for transactions older than it to end). */
   function watchCreation(created: Promise<unknown>) {
     let done = false;
@@ -286,7 +319,18 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
       setProblem(null);
       log.info({ slot, restart }, "reading the write-ahead log");
       options.onStarted(restart);
+      void checkPublication();
+      // PostgreSQL 18 skips a dropped publication with a WARNING (a notice on this
+      // connection) and keeps the stream running: look at it at once.
+      const client = (current as unknown as { _client?: pg.Client })._client;
+      client?.on("notice", (notice) => {
+        if (/publication/i.test(notice.message ?? "")) void checkPublication();
+      });
     });
+    const publicationTimer = setInterval(() => {
+      if (state.connected) void checkPublication();
+    }, PUBLICATION_CHECK_MS);
+    publicationTimer.unref();
     // Asks for a reply now and then; silence for DEAD_AFTER_MS means the link is gone.
     const watchdog = setInterval(() => {
       if (!state.connected) return;
@@ -322,6 +366,7 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
       state.slot = null;
       service = null;
       clearInterval(watchdog);
+      clearInterval(publicationTimer);
       await close(current);
     }
     if (failure && !stopped) throw failure;
@@ -357,7 +402,12 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
     start() {
       if (!stopped) return;
       stopped = false;
-      loop = run();
+      // A stop still under way finishes first: never two streams for one replica.
+      const previous = loop;
+      loop = (async () => {
+        await previous;
+        if (!stopped) await run();
+      })();
     },
     async stop() {
       stopped = true;
@@ -365,12 +415,18 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
       for (const timer of followUps.values()) clearTimeout(timer);
       followUps.clear();
       if (service) await close(service);
-      await loop;
+      const current = loop;
+      await current;
+      if (loop !== current) return; // started again meanwhile: that loop owns the state now
       loop = null;
       setConnected(false);
       state.problem = null;
+      publicationProblem = null;
     },
-    state: () => ({ ...state }),
+    state: () => ({
+      ...state,
+      problem: state.problem ?? (state.connected ? publicationProblem : null),
+    }),
     backendPid() {
       const client = (service as unknown as { _client?: { processID?: number } } | null)?._client;
       return state.connected ? (client?.processID ?? null) : null;
