@@ -117,7 +117,8 @@ async function measure(adminUrl: string) {
   console.table(flat);
   const dir = new URL("./results/", import.meta.url);
   await mkdir(dir, { recursive: true });
-  const file = `${report.date.slice(0, 10)}.json`;
+  // A partial run (BENCH_ONLY) never overwrites the day's full run.
+  const file = `${report.date.slice(0, 10)}${ONLY ? `-${ONLY.join("-")}` : ""}.json`;
   await writeFile(new URL(file, dir), `${JSON.stringify(report, null, 2)}\n`);
   console.log(`written to bench/results/${file}`);
 }

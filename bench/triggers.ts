@@ -9,13 +9,13 @@
 // The replica has uploads_enabled = false: it still wakes at every commit, but uploads nothing.
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { rm, writeFile } from "node:fs/promises";
+import { readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import pg from "pg";
 import type { App } from "../src/app.js";
-import { wakeReaders } from "../src/reactor/wake-source.js";
+import { NOTIFY_TRIGGERS, wakeReaders } from "../src/reactor/wake-source.js";
 import { startReactor } from "../test/helpers/reactor.js";
 import { freshDatabase } from "./lib.js";
 import { setWakeSource, walUnavailable, withSettings } from "./reactor.js";
@@ -27,13 +27,6 @@ type Mode = "notify" | "wal" | "none";
 const MODES: readonly Mode[] = ["notify", "wal", "none"];
 const CLIENTS = [1, 8, 32];
 /** The triggers wake_source = notify creates (sql/070_wake_source.sql) and wal drops. */
-const NOTIFY_TRIGGERS = [
-  "reactor_orders_notify_insert",
-  "reactor_orders_notify_update",
-  "reactor_deliveries_notify_update",
-  "reactor_shipments_notify_insert",
-  "reactor_shipments_notify_update",
-];
 
 function findPgbench(): string | null {
   for (const dir of [
@@ -75,6 +68,17 @@ async function tps(
   const m = /tps = ([\d.]+)/.exec(stdout);
   if (!m) throw new Error(`no tps in pgbench output: ${stdout}`);
   return Number(m[1]);
+}
+
+/** CPU seconds a process has used (utime + stime from /proc, 100 ticks a second), or null. */
+async function processCpuSeconds(pid: number): Promise<number | null> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return null;
+  }
 }
 
 /** Puts the database and the one replica in `mode`'s state, and checks it is exactly that. */
@@ -123,6 +127,8 @@ function makeModes(url: string, pool: pg.Pool) {
       }
       await waitFor(() => inState(mode), `the ${mode} state on the server`);
     },
+    /** The replica's walsender (wal mode), whose decoding CPU the writers compete with. */
+    walsenderPid: () => app?.reactor.wal.backendPid() ?? null,
     /** Stops the replica; resolves once the server sees no reader of it. */
     async close() {
       await app?.stop(1_000);
@@ -155,6 +161,9 @@ export async function triggerCost(adminUrl: string, seconds: number, repeats: nu
   try {
     for (const clients of CLIENTS) {
       const runs: Record<Mode, number[]> = { notify: [], wal: [], none: [] };
+      // Cores used during the runs: the walsender decoding (wal), the reactor process.
+      const walsenderCores: number[] = [];
+      const reactorCores: Record<Mode, number[]> = { notify: [], wal: [], none: [] };
       for (let r = 0; r < repeats; r++) {
         // Modes interleaved, the first one rotating: drift and position hit all alike.
         for (let m = 0; m < MODES.length; m++) {
@@ -168,7 +177,16 @@ export async function triggerCost(adminUrl: string, seconds: number, repeats: nu
               checkpoints = false;
             });
           }
+          const sender = mode === "wal" ? modes.walsenderPid() : null;
+          const senderBefore = sender ? await processCpuSeconds(sender) : null;
+          const reactorBefore = process.cpuUsage();
           runs[mode].push(await tps(pgbench, url, script, clients, seconds));
+          const used = process.cpuUsage(reactorBefore);
+          reactorCores[mode].push((used.user + used.system) / 1e6 / seconds);
+          const senderAfter = sender ? await processCpuSeconds(sender) : null;
+          if (senderBefore !== null && senderAfter !== null) {
+            walsenderCores.push((senderAfter - senderBefore) / seconds);
+          }
         }
       }
       const median = (xs: number[]) =>
@@ -182,6 +200,11 @@ export async function triggerCost(adminUrl: string, seconds: number, repeats: nu
         tpsNotify: Math.round(median(runs.notify)),
         walPercentOfNone: percent(median(runs.wal)),
         notifyPercentOfNone: percent(median(runs.notify)),
+        ...(walsenderCores.length
+          ? { walsenderCores: Number(median(walsenderCores).toFixed(2)) }
+          : {}),
+        reactorCoresWal: Number(median(reactorCores.wal).toFixed(2)),
+        reactorCoresNotify: Number(median(reactorCores.notify).toFixed(2)),
       });
       samples.push({ clients, ...runs });
     }

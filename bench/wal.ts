@@ -211,7 +211,13 @@ export async function walKill(adminUrl: string, kills: number) {
  * its connection.
  */
 export async function walSigkill(adminUrl: string, leaseSeconds: number) {
-  const { url, skipped } = await walDatabase(adminUrl, { lease_seconds: String(leaseSeconds) });
+  // The production safety poll (30 s): rows a killed replica held become claimable when
+  // their lease ends, which no commit announces; the poll (or a timer armed by an earlier
+  // stats read) takes them, as in notify mode.
+  const { url, skipped } = await walDatabase(adminUrl, {
+    lease_seconds: String(leaseSeconds),
+    poll_interval_seconds: "30",
+  });
   if (skipped) return { skipped };
   const fake = await startFakeShipStation();
   // A target that takes a little time, so the killed replica has calls in flight.

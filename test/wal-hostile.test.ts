@@ -21,20 +21,17 @@ import { type EmbeddedPostgres, startEmbeddedPostgres } from "../src/db/embedded
 import { migrate } from "../src/db/migrate.js";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { buildHealth } from "../src/http/health.js";
-import { currentWakeSource, switchWakeSource } from "../src/reactor/wake-source.js";
+import {
+  currentWakeSource,
+  NOTIFY_TRIGGERS,
+  switchWakeSource,
+} from "../src/reactor/wake-source.js";
 import { FOLLOW_UP_MS } from "../src/reactor/wal-waker.js";
 import { createTestDatabase, insertOrders, setSetting, waitFor } from "./helpers/db.js";
 import { pgbouncerForTests, startPgBouncer } from "./helpers/pgbouncer.js";
 import { spawnEntry } from "./helpers/process.js";
 import { startReactor, startReplicas } from "./helpers/reactor.js";
 
-const NOTIFY_TRIGGERS = [
-  "reactor_deliveries_notify_update",
-  "reactor_orders_notify_insert",
-  "reactor_orders_notify_update",
-  "reactor_shipments_notify_insert",
-  "reactor_shipments_notify_update",
-];
 /** The cluster's slots: enough for five replicas plus room, small enough to fill. */
 const MAX_SLOTS = 8;
 

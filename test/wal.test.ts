@@ -10,19 +10,11 @@ import type { App } from "../src/app.js";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { type Receiver, startReceiver } from "../src/demo/receiver.js";
 import { buildHealth } from "../src/http/health.js";
-import { switchWakeSource } from "../src/reactor/wake-source.js";
+import { NOTIFY_TRIGGERS, switchWakeSource } from "../src/reactor/wake-source.js";
 import { insertOrders, setSetting, subscribe, waitFor } from "./helpers/db.js";
 import { spawnEntry } from "./helpers/process.js";
 import { metricTotal, startReactor, startReplicas } from "./helpers/reactor.js";
 import { type Server, serverWithWalLevel } from "./helpers/servers.js";
-
-const NOTIFY_TRIGGERS = [
-  "reactor_orders_notify_insert",
-  "reactor_orders_notify_update",
-  "reactor_deliveries_notify_update",
-  "reactor_shipments_notify_insert",
-  "reactor_shipments_notify_update",
-];
 
 async function notifyTriggers(pool: pg.Pool): Promise<string[]> {
   const { rows } = await pool.query<{ tgname: string }>(

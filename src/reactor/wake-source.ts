@@ -6,6 +6,15 @@ import type { Pool } from "../db/pool.js";
 import type { WakeSource } from "./settings-spec.js";
 import { WAL_APPLICATION_NAME } from "./wal-waker.js";
 
+/** The triggers `notify` mode has and `wal` mode drops (sql/070_wake_source.sql), sorted. */
+export const NOTIFY_TRIGGERS: readonly string[] = [
+  "reactor_deliveries_notify_update",
+  "reactor_orders_notify_insert",
+  "reactor_orders_notify_update",
+  "reactor_shipments_notify_insert",
+  "reactor_shipments_notify_update",
+];
+
 /** The DDL of the switch waits at most this long for a table lock (a long transaction). */
 const LOCK_TIMEOUT = "5s";
 /** A switch that deadlocks (nothing changed) is tried this many times in all. */

@@ -25,6 +25,11 @@ const SLOW_SLOT_MS = 2_000;
 /** The stream acknowledges at least this often, so the slot never holds WAL back. */
 const ACK_INTERVAL_SECONDS = 5;
 /**
+ * Commits are acknowledged at most this often: a status message per commit would cost the
+ * reactor and the WAL sender a write and a wake-up each, thousands a second under load.
+ */
+const ACK_MIN_GAP_MS = 200;
+/**
  * The stream asks the server for a reply this often; with nothing heard for DEAD_AFTER_MS
  * the link is taken for dead (a network path that drops packets sends no reset) and the
  * stream restarts.
@@ -84,6 +89,13 @@ export interface WalWaker {
 }
 
 type Row = Record<string, unknown>;
+
+interface FollowUp {
+  lastCommitAt: number;
+  /** The FOLLOW_UP_MS step the armed timer is for. */
+  step: number;
+  timer: NodeJS.Timeout | null;
+}
 
 /** The service's socket (the library keeps it private). */
 function socketOf(service: LogicalReplicationService): { destroy(): void } | undefined {
@@ -167,8 +179,8 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
   const touched = new Set<string>();
   /** What is wrong with the publication (checked while the stream runs), or null. */
   let publicationProblem: string | null = null;
-  /** Per workload, the pending follow-up wake of its last commit. */
-  const followUps = new Map<string, NodeJS.Timeout>();
+  /** Per workload, the follow-up wakes of its last commit. */
+  const followUps = new Map<string, FollowUp>();
 
   function setConnected(connected: boolean) {
     if (state.connected === connected) return;
@@ -205,7 +217,7 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
         state.lastCommitAt = new Date();
         for (const workload of touched) {
           options.wake(workload);
-          followUp(workload, 0);
+          followUp(workload);
         }
         touched.clear();
         return;
@@ -218,20 +230,42 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
     }
   }
 
-  /** Wakes `workload` again after FOLLOW_UP_MS[step], then the later steps; a new commit restarts it. */
-  function followUp(workload: string, step: number) {
-    clearTimeout(followUps.get(workload));
-    const delay = FOLLOW_UP_MS[step];
+  /**
+   * Wakes `workload` again FOLLOW_UP_MS after its last commit (each step measured from that
+   * commit). A commit only records its time: under load the one armed timer moves on
+   * with the commits instead of being cleared and set again for each.
+   */
+  function followUp(workload: string) {
+    const entry = followUps.get(workload);
+    if (entry) {
+      entry.lastCommitAt = Date.now();
+      entry.step = 0;
+      return;
+    }
+    const next = { lastCommitAt: Date.now(), step: 0, timer: null as NodeJS.Timeout | null };
+    followUps.set(workload, next);
+    arm(workload, next);
+  }
+
+  function arm(workload: string, entry: FollowUp) {
+    const delay = FOLLOW_UP_MS[entry.step];
     if (delay === undefined || stopped) {
       followUps.delete(workload);
       return;
     }
-    const timer = setTimeout(() => {
-      options.wake(workload);
-      followUp(workload, step + 1);
-    }, delay);
-    timer.unref();
-    followUps.set(workload, timer);
+    entry.timer = setTimeout(
+      () => {
+        const since = Date.now() - entry.lastCommitAt;
+        const due = FOLLOW_UP_MS[entry.step] ?? 0;
+        if (since >= due) {
+          options.wake(workload);
+          entry.step++;
+        }
+        arm(workload, entry);
+      },
+      Math.max(0, entry.lastCommitAt + delay - Date.now()),
+    );
+    entry.timer.unref();
   }
 
   /**
@@ -305,6 +339,7 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
     service = current;
     let failure: unknown = null;
     let heardAt = Date.now();
+    let ackedAt = 0;
     /** The last position heard; the server ignores a confirmation that goes backwards. */
     let lastLsn = "0/0";
     current.on("error", (err: Error) => {
@@ -348,8 +383,11 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
       heardAt = Date.now();
       lastLsn = lsn;
       onMessage(message);
-      // Acknowledged at each commit: the slot never holds WAL back for us.
-      if (message.tag === "commit") void current.acknowledge(lsn).catch(() => undefined);
+      // Acknowledged promptly (at most every ACK_MIN_GAP_MS): the slot never holds WAL back.
+      if (message.tag === "commit" && Date.now() - ackedAt >= ACK_MIN_GAP_MS) {
+        ackedAt = Date.now();
+        void current.acknowledge(lsn).catch(() => undefined);
+      }
     });
     current.on("heartbeat", (lsn: string, _time: number, shouldRespond: boolean) => {
       heardAt = Date.now();
@@ -412,7 +450,7 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
     async stop() {
       stopped = true;
       wakeSleep?.();
-      for (const timer of followUps.values()) clearTimeout(timer);
+      for (const entry of followUps.values()) if (entry.timer) clearTimeout(entry.timer);
       followUps.clear();
       if (service) await close(service);
       const current = loop;
