@@ -7,6 +7,7 @@ import { cpus, tmpdir, totalmem } from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { startEmbeddedPostgres } from "../src/db/embedded.js";
+import { replicaMemory } from "./memory.js";
 import { graphileDrain, graphileLatency, rawNotify } from "./peers.js";
 import {
   configPropagation,
@@ -27,6 +28,7 @@ const DELIVERIES = env("BENCH_DELIVERIES", 10_000);
 const IDLE_SECONDS = env("BENCH_IDLE_SECONDS", 60);
 const CONFIG_CHANGES = env("BENCH_CONFIG_CHANGES", 200);
 const TRIGGER_SECONDS = env("BENCH_TRIGGER_SECONDS", 5);
+const MEMORY_BACKLOG = env("BENCH_MEMORY_BACKLOG", 100_000);
 const TRIGGER_REPEATS = env("BENCH_TRIGGER_REPEATS", 3);
 const WAL_KILLS = env("BENCH_WAL_KILLS", 20);
 /** The SIGKILL scenario's lease: the survivor takes the killed replica's rows after it. */
@@ -76,6 +78,7 @@ async function measure(adminUrl: string) {
     );
   }
   await step("idle.reactor", () => reactorIdle(adminUrl, IDLE_SECONDS));
+  await step("memory.replica", () => replicaMemory(adminUrl, MEMORY_BACKLOG));
   await step("config.propagation", () => configPropagation(adminUrl, CONFIG_CHANGES));
   await step("triggers.cost", () => triggerCost(adminUrl, TRIGGER_SECONDS, TRIGGER_REPEATS));
   await step("faults.walKill", () => walKill(adminUrl, WAL_KILLS));
