@@ -7,8 +7,10 @@
 -- and so block the queue behind that row. Below 1e100 a number's text is at most about
 -- 13 times its stored size, so the 8x check bounds the work. Applied by migrate; safe to
 -- rerun.
+-- PARALLEL UNSAFE: its EXCEPTION block opens a subtransaction, which a parallel query
+-- refuses ("cannot start subtransactions during a parallel operation").
 CREATE OR REPLACE FUNCTION reactor_json_text(j jsonb, max_bytes integer) RETURNS text
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS $$
 DECLARE
   t text;
 BEGIN

@@ -116,6 +116,37 @@ describe("orders_inbox triggers", () => {
         ORDER BY next_attempt_at, id LIMIT 100`);
       expect(rows.map((r) => r["QUERY PLAN"]).join("\n")).toMatch(/orders_inbox_due_idx/);
     } finally {
+      await client.query("RESET enable_seqscan");
+      client.release();
+    }
+  });
+
+  it("reactor_json_text works in a parallel query (it opens a subtransaction, so it is not parallel safe)", async () => {
+    await insertOrders(db.pool, 20_000);
+    await db.pool.query("ANALYZE orders_inbox");
+    const client = await db.pool.connect();
+    try {
+      await client.query("BEGIN");
+      // Every cost that keeps a small table's scan serial, zeroed: the plan goes parallel
+      // whenever the function lets it.
+      for (const setting of [
+        "parallel_setup_cost = 0",
+        "parallel_tuple_cost = 0",
+        "min_parallel_table_scan_size = 0",
+        "max_parallel_workers_per_gather = 2",
+        "enable_seqscan = on",
+      ]) {
+        await client.query(`SET LOCAL ${setting}`);
+      }
+      // The same query without the function is planned parallel: the test can fail.
+      const plan = await client.query("EXPLAIN SELECT count(payload::text) FROM orders_inbox");
+      expect(plan.rows.map((r) => r["QUERY PLAN"]).join("\n")).toMatch(/Gather/);
+      const { rows } = await client.query<{ n: string }>(
+        "SELECT count(reactor_json_text(payload, 1000000)) AS n FROM orders_inbox",
+      );
+      expect(Number(rows[0]?.n)).toBeGreaterThanOrEqual(20_000);
+    } finally {
+      await client.query("ROLLBACK");
       client.release();
     }
   });
