@@ -68,6 +68,8 @@ const EARLIER_SQL = `
 const REFUSED_CLASSES = ["22", "23", "54"];
 /** Deadlock or serialization failure (another writer of orders_inbox): the import is run again. */
 const RETRIED_CODES = ["40P01", "40001"];
+/** The unique constraint on orders_inbox.upload_key (drizzle/0003_field_readiness.sql). */
+const UPLOAD_KEY_CONSTRAINT = "order_key_must_differ_from_other_orders_keys_and_ids";
 const MAX_TRIES = 3;
 
 /** PostgreSQL cannot store U+0000 in text: shown escaped, so a refusal is always recorded. */
@@ -142,14 +144,21 @@ export async function importDocument(
   for (let attempt = 1; ; attempt++) {
     const written = await write(pool, base, prepared.rows, prepared.count);
     if (written.kind === "done") return written.result;
-    if (written.kind === "refused") return fail(written.error);
-    if (attempt >= MAX_TRIES) throw written.err;
+    if (written.kind === "refused" && !(written.raced && attempt < MAX_TRIES)) {
+      return fail(written.error);
+    }
+    if (written.kind === "retry" && attempt >= MAX_TRIES) throw written.err;
   }
 }
 
 type Written =
   | { kind: "done"; result: ImportResult }
-  | { kind: "refused"; error: string }
+  /**
+   * `raced`: the unique upload_key refused a key another transaction inserted at the same
+   * moment (ON CONFLICT arbitrates on order_key alone). Run again, the row is there and the
+   * upsert updates it; a key that truly equals another order's id is refused again.
+   */
+  | { kind: "refused"; error: string; raced: boolean }
   | { kind: "retry"; err: unknown };
 
 /** One transaction: the import_files row and every order, or nothing. */
@@ -197,7 +206,12 @@ async function write(pool: Pool, base: Base, rows: string, count: number): Promi
     // nothing of the document was written. The detail names the key.
     const detail = (err as { detail?: unknown }).detail;
     const why = `${(err as Error).message}${typeof detail === "string" ? ` (${detail})` : ""}`;
-    return { kind: "refused", error: `the database refused the document's orders: ${why}` };
+    const constraint = (err as { constraint?: unknown }).constraint;
+    return {
+      kind: "refused",
+      error: `the database refused the document's orders: ${why}`,
+      raced: code === "23505" && constraint === UPLOAD_KEY_CONSTRAINT,
+    };
   } finally {
     client.release(broken);
   }
