@@ -772,7 +772,8 @@ ${doc(named("bomb", "&c;"))}`;
   describe("folder: the folder itself at fault", () => {
     it("IMPORT_DIR that is a file warns, and imports once it is a folder", async () => {
       const app = await start();
-      await rm(dir, { recursive: true });
+      // The rescan (every second) may make processed/ again while rm empties the folder.
+      await rm(dir, { recursive: true, maxRetries: 10, retryDelay: 50 });
       await writeFile(dir, "not a folder");
       await waitFor(async () => (await folderCheck(app))?.status === "warn", {
         what: "imports:folder warns",
@@ -814,7 +815,7 @@ ${doc(named("bomb", "&c;"))}`;
       const app = await start();
       await writeFile(path.join(dir, "one.xml"), doc(order("del-1")));
       await waitFor(inFolder("processed", "one.xml"), { what: "one.xml in processed/" });
-      await rm(dir, { recursive: true });
+      await rm(dir, { recursive: true, maxRetries: 10, retryDelay: 50 });
       await waitFor(async () => (await folderCheck(app))?.status === "warn", {
         what: "imports:folder warns",
       });

@@ -446,8 +446,13 @@ export function makeFolderImporter(options: {
     const st = await stat(dir);
     if (!st.isDirectory()) throw new Error(`${dir} is not a folder`);
     await access(dir, constants.R_OK | constants.W_OK | constants.X_OK);
-    await mkdir(path.join(dir, PROCESSED_DIR), { recursive: true });
-    await mkdir(path.join(dir, FAILED_DIR), { recursive: true });
+    // Not recursive: if IMPORT_DIR vanished a moment ago (an unmounted share), it is not
+    // made again on the local disk.
+    for (const sub of [PROCESSED_DIR, FAILED_DIR]) {
+      await mkdir(path.join(dir, sub)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== "EEXIST") throw err;
+      });
+    }
     if (watcher && watchedIno !== st.ino) {
       // The folder was replaced (a remount): the old watch sees nothing any more.
       watcher.close();
