@@ -71,6 +71,9 @@ describe("wake source wal", () => {
   async function walDatabase() {
     db = await server.database();
     await setSetting(db.pool, "poll_interval_seconds", "3600");
+    // These tests are about wakes, not the ShipStation budget: hundreds of orders in
+    // seconds would otherwise wait minutes on the real 40 calls a minute (the rate limit
+    // has its own tests in uploads-field.test.ts).
     await setSetting(db.pool, "upload_rate_limit_per_minute", "100000");
     expect(await switchWakeSource(db.pool, "wal")).toBe("notify");
     return db;
