@@ -266,13 +266,19 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
   const extraNames = extras.map((_, i) => `, x${i}`).join("");
   // Rows an application transaction holds locked are skipped (SKIP LOCKED), not waited
   // on: one idle app transaction must not stall the queue. The caller tries them again.
+  // Each row is locked by its own primary-key probe (the LATERAL), and the UPDATE joins
+  // on id alone: statistics taken while nothing is leased say `locked_by = $1` matches
+  // one row, and a join filtered on it became a nested loop comparing the whole batch
+  // with itself (test/queue-plans.test.ts). Once locked, a row's locked_by cannot change.
   const finalizeSql = `
     WITH v AS (
       SELECT * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[]${extraUnnest})
         AS v(id, kind, at, error, version${extraNames})
     ), lockable AS (
-      SELECT v.* FROM v JOIN ${t} l ON l.id = v.id AND l.locked_by = $1
-      FOR UPDATE OF l SKIP LOCKED
+      SELECT v.* FROM v CROSS JOIN LATERAL (
+        SELECT 1 FROM ${t} l WHERE l.id = v.id AND l.locked_by = $1
+        FOR UPDATE OF l SKIP LOCKED
+      ) k
     )
     UPDATE ${t} AS t SET
       ${state} = CASE
@@ -291,7 +297,7 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
       locked_until = NULL
       ${extraSet}
     FROM lockable v
-    WHERE t.id = v.id AND t.locked_by = $1
+    WHERE t.id = v.id
     RETURNING t.id`;
 
   /** Which of the given rows this owner still holds (a plain read: never waits on a lock). */

@@ -1,0 +1,123 @@
+// The claim and finalize statements must stay linear in the batch size whatever the
+// planner believes. Table statistics taken while no row is leased say `locked_by = $1`
+// matches one row; a finalize that filtered on it chose a nested loop comparing every
+// row of a 1,600-row batch with every other (2.5 million comparisons, 1.5 s instead of
+// 20 ms). These tests read the executed plan (EXPLAIN ANALYZE, rolled back) with such
+// statistics in place and fail if any join compares more rows than it keeps.
+import type pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { newSecret } from "../src/demo/receiver.js";
+import type { ClaimedRow, LeaseQueue, Outcome } from "../src/reactor/lease-queue.js";
+import { makeDeliveriesQueue } from "../src/workloads/deliveries/queue.js";
+import { makeOrdersQueue } from "../src/workloads/uploads/queue.js";
+import { createTestDatabase, insertOrders, type TestDatabase } from "./helpers/db.js";
+
+const BATCH = 1_500;
+/** Rows in the table: at this size the misled planner picked the nested loop. */
+const TABLE_ROWS = 20_000;
+
+type Captured = { text: string; values: unknown[] };
+
+/** A pool whose queries are recorded, so the test can EXPLAIN exactly what the queue sends. */
+function recordingPool(pool: pg.Pool, log: Captured[]) {
+  return {
+    query(q: string | { text: string; values?: unknown[] }, values?: unknown[]) {
+      const text = typeof q === "string" ? q : q.text;
+      log.push({ text, values: (typeof q === "string" ? values : q.values) ?? [] });
+      return pool.query(q as string, values);
+    },
+  } as unknown as pg.Pool;
+}
+
+interface PlanNode {
+  "Node Type": string;
+  "Actual Rows": number;
+  "Actual Loops": number;
+  "Rows Removed by Join Filter"?: number;
+  Plans?: PlanNode[];
+}
+
+/** The most rows any node threw away after a join compared them, over the whole plan. */
+function worstJoinFilter(node: PlanNode): number {
+  const own = node["Rows Removed by Join Filter"] ?? 0;
+  return Math.max(own, ...(node.Plans ?? []).map(worstJoinFilter));
+}
+
+async function explain(pool: pg.Pool, q: Captured): Promise<PlanNode> {
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN");
+    const { rows } = await client.query(
+      `EXPLAIN (ANALYZE, FORMAT JSON) ${q.text}`,
+      q.values as unknown[],
+    );
+    return rows[0]["QUERY PLAN"][0].Plan as PlanNode;
+  } finally {
+    await client.query("ROLLBACK");
+    client.release();
+  }
+}
+
+async function checkQueue<Row extends ClaimedRow>(
+  db: TestDatabase,
+  make: (pool: pg.Pool) => LeaseQueue<Row>,
+  table: string,
+) {
+  // Statistics from a moment when no row is leased: what a quiet production table has.
+  await db.pool.query(`VACUUM ANALYZE ${table}`);
+  const log: Captured[] = [];
+  const queue = make(recordingPool(db.pool, log));
+  const claimOptions = { limit: BATCH, leaseSeconds: 60, maxAttempts: 5 };
+
+  const rows = await queue.claim("plan-test", claimOptions);
+  expect(rows.length).toBe(BATCH);
+  // Run again (rolled back), the claim takes the other half of the rows.
+  const claimPlan = await explain(db.pool, log[log.length - 1] as Captured);
+  expect(claimPlan["Actual Rows"]).toBe(BATCH);
+  expect(worstJoinFilter(claimPlan)).toBeLessThan(BATCH);
+
+  const outcomes: Outcome[] = rows.map((r, i) =>
+    i % 3 === 0
+      ? { id: r.id, kind: "retry", at: new Date(Date.now() + 60_000), error: "again" }
+      : { id: r.id, kind: "success" },
+  );
+  const result = await queue.finalize("plan-test", outcomes);
+  expect(result.done.length).toBe(BATCH);
+  const finalize = log.find((q) => /FOR UPDATE OF l SKIP LOCKED/.test(q.text)) as Captured;
+  expect(finalize).toBeDefined();
+  // The same statement again over rows leased to the same owner (re-leased for the test).
+  await db.pool.query(`UPDATE ${table} SET locked_by = 'plan-test' WHERE id = ANY ($1::bigint[])`, [
+    rows.map((r) => r.id),
+  ]);
+  const plan = await explain(db.pool, finalize);
+  expect(plan["Actual Rows"]).toBe(BATCH);
+  expect(worstJoinFilter(plan)).toBeLessThan(BATCH);
+}
+
+describe("claim and finalize plans", () => {
+  let db: TestDatabase;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  it("orders: no join compares the batch with itself", async () => {
+    await insertOrders(db.pool, TABLE_ROWS);
+    await checkQueue(db, makeOrdersQueue, "orders_inbox");
+  });
+
+  it("deliveries: no join compares the batch with itself", async () => {
+    await db.pool.query("INSERT INTO webhook_subscriptions (url, secret) VALUES ($1, $2)", [
+      "https://receiver.example/hook",
+      newSecret(),
+    ]);
+    await db.pool.query(
+      `INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload)
+       SELECT 'order', g::text, 'order.created', '{"n": 1}' FROM generate_series(1, $1::int) g`,
+      [TABLE_ROWS],
+    );
+    await checkQueue(db, makeDeliveriesQueue, "webhook_deliveries");
+  });
+});
