@@ -87,6 +87,48 @@ describe("deliveries in the field", () => {
     expect(rows[0].n).toBeGreaterThan(100);
   }, 60_000);
 
+  it("one endpoint alone uses every slot; a second one gets its share once its rows are claimed", async () => {
+    await setSetting(db.pool, "delivery_concurrency", "6");
+    // Both answer after 300 ms, so requests overlap and the receiver sees how many at once.
+    let open = { a: 0, b: 0 };
+    let most = { a: 0, b: 0 };
+    receiver.fallback = (req) => {
+      const key = req.path === "/a" ? "a" : "b";
+      open[key]++;
+      most = { ...most, [key]: Math.max(most[key], open[key]) };
+      setTimeout(() => open[key]--, 300);
+      return { status: 204, delayMs: 300 };
+    };
+    try {
+      await subscribe(db.pool, `${receiver.url}/a`);
+      app = await startReactor({ databaseUrl: db.url });
+      await emit(db.pool, 30);
+      await waitFor(() => most.a === 6, { timeoutMs: 20_000, what: "6 requests to /a at once" });
+      await subscribe(db.pool, `${receiver.url}/b`);
+      await emit(db.pool, 30);
+      await waitFor(() => receiver.requests.length === 30 + 60, {
+        timeoutMs: 30_000,
+        what: "every delivery",
+      });
+      // The newcomer had half of the slots while /a still had work; never more than 6.
+      expect(most.b).toBe(3);
+      expect(most.a).toBe(6);
+      // Each sent once, none handed back: recorded as delivered on the first attempt.
+      const delivered = await waitFor(async () => {
+        const { rows } = await db.pool.query(
+          "SELECT count(*)::int AS n, max(attempts)::int AS attempts FROM webhook_deliveries WHERE state = 'delivered'",
+        );
+        return rows[0].n === 90 ? rows[0] : null;
+      });
+      expect(delivered).toEqual({ n: 90, attempts: 1 });
+      expect(receiver.requests.length).toBe(90);
+    } finally {
+      receiver.fallback = (req) =>
+        req.path.startsWith("/slow") ? { delayMs: 30_000 } : { status: 204 };
+      open = { a: 0, b: 0 };
+    }
+  });
+
   it("an event over the size limit fails with its size, unread; the next one is delivered", async () => {
     await subscribe(db.pool, `${receiver.url}/fast`);
     await emit(db.pool, 1, JSON.stringify({ blob: "x".repeat(1024 * 1024) }));

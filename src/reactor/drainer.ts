@@ -22,6 +22,8 @@ const STATS_EVERY_MS = 5_000;
 const HELD_STATS_EVERY_MS = 1_000;
 /** A lease renewal that missed rows (locked by an app, or an error) is tried again this soon. */
 const RENEW_RETRY_MS = 1_000;
+/** Finished units whose results may wait to be recorded before no new unit starts. */
+const MAX_RECORDING_UNITS = 4;
 /** Progress is logged as one summary line at most this often while work flows. */
 const SUMMARY_EVERY_MS = 5_000;
 
@@ -93,6 +95,11 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   /** Claimed rows not yet recorded: their leases are renewed while they are here. */
   const inFlight = new Set<number>();
   const units = new Set<Promise<void>>();
+  /** Finalizes of finished units not yet committed, and how many rows they carry. */
+  const recording = new Set<Promise<void>>();
+  let recordingRows = 0;
+  /** Claimed rows not yet handed to a unit (they are in inFlight too, and leased). */
+  const waiting: Row[] = [];
   const state = {
     lastWakeAt: null as Date | null,
     lastWakeReason: null as WakeReason | null,
@@ -259,101 +266,183 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
           outcomes.push(retryOrFail(r, workload.retryScheduleSeconds(), error));
         }
       }
-      await finalizer.submit(outcomes);
-    })().finally(() => units.delete(unit));
+      record(outcomes);
+    })().finally(() => {
+      units.delete(unit);
+      // Claimed rows start as slots free, also while the loop waits on a claim.
+      if (!stopping) startWaiting();
+    });
     units.add(unit);
+  }
+
+  /**
+   * Hands a unit's outcomes to the finalizer. The unit's slot is free at once: holding it
+   * until the batched UPDATE commits would leave slots idle for a finalize round trip
+   * after every request. The rows stay leased (and renewed) until recorded, and at most
+   * MAX_RECORDING_UNITS units' worth of rows wait to be recorded before units start again.
+   */
+  function record(outcomes: Outcome[]) {
+    recordingRows += outcomes.length;
+    const done = finalizer.submit(outcomes).finally(() => {
+      recording.delete(done);
+      recordingRows -= outcomes.length;
+      wakeWaiter?.();
+    });
+    recording.add(done);
+  }
+
+  /** Units that may start now: free slots, unless too many results wait to be recorded. */
+  function freeSlots(): number {
+    const limit = MAX_RECORDING_UNITS * workload.concurrency() * workload.unitSize();
+    if (recordingRows >= limit) return 0;
+    return workload.concurrency() - units.size;
   }
 
   /** Resolves when a unit finishes or a wake-up arrives, whichever is first. */
   function nextEvent(): Promise<unknown> {
-    return Promise.race([...units, new Promise<void>((resolve) => (wakeWaiter = resolve))]).finally(
-      () => {
-        wakeWaiter = null;
-      },
-    );
+    return Promise.race([
+      ...units,
+      ...recording,
+      new Promise<void>((resolve) => (wakeWaiter = resolve)),
+    ]).finally(() => {
+      wakeWaiter = null;
+    });
+  }
+
+  /**
+   * Starts units from the claimed rows while units are free, in claim order, skipping
+   * rows the workload does not admit yet (they wait; later rows may start).
+   */
+  function startWaiting() {
+    const size = workload.unitSize();
+    while (waiting.length > 0 && freeSlots() > 0) {
+      const unit: Row[] = [];
+      for (let i = 0; i < waiting.length && unit.length < size; ) {
+        const row = waiting[i] as Row;
+        if (workload.admit && !workload.admit(row, waiting)) i++;
+        else unit.push(...waiting.splice(i, 1));
+      }
+      if (unit.length === 0) return;
+      startUnit(unit);
+    }
+  }
+
+  /** Gives the claimed rows not yet started back, due at `at`, without using an attempt. */
+  async function handBackWaiting(at: Date) {
+    if (waiting.length === 0) return;
+    const rows = waiting.splice(0);
+    await finalizer.submit(rows.map((r) => ({ id: r.id, kind: "defer" as const, at })));
   }
 
   async function drain() {
     let held = false;
+    // Set when a claim came back short: nothing more is claimable until a wake-up (or,
+    // when endpoints were excluded, until a unit finishes and frees one).
+    let exhausted = false;
+    let retryAfterUnit = false;
     try {
       while (!stopping) {
+        if (again) exhausted = false;
         again = false;
         if (!workload.enabled()) {
+          await handBackWaiting(new Date());
           held = true;
           break;
         }
         const paused = workload.pausedUntil();
         if (paused > Date.now()) {
+          await handBackWaiting(new Date(paused));
           armTimer(paused);
           held = true;
           break;
         }
-        const free = workload.concurrency() - units.size;
-        if (free <= 0) {
-          await nextEvent();
+        startWaiting();
+        const free = freeSlots();
+        const ahead = workload.claimAhead?.() ?? 0;
+        let want = 0;
+        // With units free after startWaiting, every row still waiting is held back by
+        // the workload: claim for the free units (other keys) plus the rows held ahead.
+        // With none free, top the rows held ahead up once they are half used.
+        if (!exhausted) {
+          if (free > 0) want = free * workload.unitSize() + ahead;
+          else if (waiting.length * 2 <= ahead) want = ahead - waiting.length;
+        }
+        if (want > 0) {
+          const excluded = workload.excludedKeys?.(waiting) ?? [];
+          const claimed = await workload.queue.claim(owner, {
+            limit: want,
+            leaseSeconds: options.leaseSeconds(),
+            maxAttempts: workload.retryScheduleSeconds().length + 1,
+            exclude: excluded,
+          });
+          errorStreak = 0;
+          state.lastClaimAt = new Date();
+          state.lastError = null;
+          state.failingSince = null;
+          const rows = claimed.filter((r) => !r.abandoned);
+          const abandoned = claimed.filter((r) => r.abandoned);
+          if (abandoned.length > 0) {
+            // The claim already marked them failed: a row that crashes or hangs its process
+            // every time must end, not be leased forever.
+            metrics.completed.inc({ ...label, outcome: "failed" }, abandoned.length);
+            log.error(
+              { ids: abandoned.map((r) => r.id).slice(0, 20), rows: abandoned.length },
+              "rows failed: their leases expired on every attempt (the process crashed or hung)",
+            );
+          }
+          if (claimed.length > 0) state.lastProgressAt = new Date();
+          if (rows.length > 0) {
+            options.onEvent?.({
+              type: "claimed",
+              workload: workload.name,
+              ids: rows.map((r) => r.id),
+            });
+            metrics.claimed.inc(label, rows.length);
+            for (const row of rows) {
+              inFlight.add(row.id);
+              metrics.pickupLatency.observe(label, row.pickup_lag);
+            }
+            metrics.inFlight.set(label, inFlight.size);
+            scheduleRenewal();
+            waiting.push(...rows);
+          }
+          if (claimed.length < want) {
+            // Nothing more is claimable: new rows announce themselves (NOTIFY sets
+            // `again`, also for rows a finalize hands back as due now). Rows held back
+            // because their endpoint was full are the exception: a finishing unit frees
+            // a slot, so look again then.
+            exhausted = true;
+            retryAfterUnit = excluded.length > 0;
+            // Only the earliest retry timer is armed; before waiting on units that may
+            // run long, find the next due row so later retries are not left for the end.
+            if (futureWork) {
+              futureWork = false;
+              await refreshStats();
+            }
+          }
+          if (rows.length > 0 || again) continue;
+        }
+        if (units.size === 0 && (waiting.length === 0 || recording.size === 0)) {
+          if (waiting.length > 0) {
+            // Nothing runs, yet the workload admits none of the waiting rows: never
+            // hold them here; they come back in a second.
+            log.warn({ rows: waiting.length }, "claimed rows not admitted with nothing running");
+            await handBackWaiting(new Date(Date.now() + 1_000));
+            armTimer(Date.now() + 1_000);
+            break;
+          }
+          // Units that held endpoints back may have finished during the claim: look again.
+          if (!exhausted || retryAfterUnit) {
+            exhausted = false;
+            retryAfterUnit = false;
+            continue;
+          }
+          if (!again) break;
           continue;
         }
-        const want = free * workload.unitSize();
-        const excluded = workload.excludedKeys?.() ?? [];
-        const claimed = await workload.queue.claim(owner, {
-          limit: want,
-          leaseSeconds: options.leaseSeconds(),
-          maxAttempts: workload.retryScheduleSeconds().length + 1,
-          exclude: excluded,
-        });
-        errorStreak = 0;
-        state.lastClaimAt = new Date();
-        state.lastError = null;
-        state.failingSince = null;
-        const rows = claimed.filter((r) => !r.abandoned);
-        const abandoned = claimed.filter((r) => r.abandoned);
-        if (abandoned.length > 0) {
-          // The claim already marked them failed: a row that crashes or hangs its process
-          // every time must end, not be leased forever.
-          metrics.completed.inc({ ...label, outcome: "failed" }, abandoned.length);
-          log.error(
-            { ids: abandoned.map((r) => r.id).slice(0, 20), rows: abandoned.length },
-            "rows failed: their leases expired on every attempt (the process crashed or hung)",
-          );
-        }
-        if (claimed.length > 0) state.lastProgressAt = new Date();
-        if (rows.length > 0) {
-          options.onEvent?.({
-            type: "claimed",
-            workload: workload.name,
-            ids: rows.map((r) => r.id),
-          });
-          metrics.claimed.inc(label, rows.length);
-          for (const row of rows) {
-            inFlight.add(row.id);
-            metrics.pickupLatency.observe(label, row.pickup_lag);
-          }
-          metrics.inFlight.set(label, inFlight.size);
-          scheduleRenewal();
-          for (let i = 0; i < rows.length; i += workload.unitSize()) {
-            startUnit(rows.slice(i, i + workload.unitSize()));
-          }
-        }
-        if (claimed.length < want) {
-          // Only the earliest retry timer is armed; before waiting on units that may run
-          // long, find the next due row so later retries are not left for the drain's end.
-          if (futureWork) {
-            futureWork = false;
-            await refreshStats();
-            if (again) continue;
-          }
-          // Nothing more was claimable. New rows announce themselves (NOTIFY sets
-          // `again`, also for rows a finalize hands back as due now), so without a
-          // wake-up there is no point in claiming again; just let the units finish.
-          // Rows held back because their endpoint was full are the exception: a
-          // finishing unit frees a slot, so look again then.
-          if (excluded.length === 0) {
-            while (!again && units.size > 0 && !stopping) await nextEvent();
-            if (!again) break;
-          } else if (!again && units.size > 0) {
-            await nextEvent();
-          }
-        }
+        if (again) continue;
+        await nextEvent();
+        if (retryAfterUnit) exhausted = false;
       }
     } catch (err) {
       metrics.drainErrors.inc(label);
@@ -403,13 +492,18 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     async stop(graceMs) {
       stopping = true;
       if (timer) clearTimeout(timer);
-      const settled = Promise.all([loop, ...units]);
+      const settled = (async () => {
+        await Promise.all([loop, ...units]);
+        while (recording.size > 0) await Promise.all([...recording]);
+      })();
       const graceOver = new AbortController();
       const timedOut = await Promise.race([
         settled.then(() => false),
         sleep(graceMs, graceOver.signal).then(() => true),
       ]);
       graceOver.abort();
+      // Claimed rows that never started go back without using an attempt.
+      await Promise.race([handBackWaiting(new Date()), sleep(2_000)]);
       if (timedOut)
         log.warn({ inFlightRows: inFlight.size }, "shutdown grace ran out with work in flight");
       finalizer.stop();

@@ -50,8 +50,23 @@ export interface Workload<Row extends ClaimedRow = ClaimedRow> {
    * process crashes or hangs every time ends failed after this many attempts plus one.
    */
   retryScheduleSeconds(): readonly number[];
-  /** Keys (the queue's excludeColumn) not to claim right now: endpoints at their cap. */
-  excludedKeys?(): number[];
+  /**
+   * Rows to hold claimed beyond what the free units take at once, so a unit that finishes
+   * starts its successor without waiting on a claim, and claims come in batches even when
+   * a unit is one row (deliveries). They are leased like rows in flight. 0 when absent.
+   */
+  claimAhead?(): number;
+  /**
+   * Whether a claimed row may start now; one that may not (its endpoint is at its fair
+   * share) waits among the claimed rows while others start. `waiting` are the rows
+   * claimed and not started, this one included. Every row is admitted when absent.
+   */
+  admit?(row: Row, waiting: readonly Row[]): boolean;
+  /**
+   * Keys (the queue's excludeColumn) not to claim right now, given the rows claimed and
+   * waiting: endpoints that already hold their share here.
+   */
+  excludedKeys?(waiting: readonly Row[]): number[];
   /** Epoch ms before which nothing should be claimed (a rate limit, a credentials back-off), or 0. */
   pausedUntil(): number;
   /** Why the workload is paused, while pausedUntil() is in the future. */

@@ -1,7 +1,7 @@
 // The deliveries workload: one claimed delivery → one signed POST → delivered, retried
 // on the schedule, failed when the schedule is exhausted, or cancelled when the
 // endpoint is gone. Concurrency is bounded overall and shared fairly between endpoints
-// (see endpointCaps), so slow endpoints, however many, cannot starve the others.
+// (see EndpointShares), so slow endpoints, however many, cannot starve the others.
 import type { Agent } from "undici";
 import type { Pool } from "../../db/pool.js";
 import type { Logger } from "../../logger.js";
@@ -21,8 +21,6 @@ import { sendWebhook } from "./webhook-client.js";
 /** Retry-After is honoured within this range; outside it is clamped. */
 export const RETRY_AFTER_MIN_MS = 1_000;
 export const RETRY_AFTER_MAX_MS = 60 * 60 * 1000;
-/** A row claimed past its endpoint's cap (claims race) comes back this soon. */
-const ENDPOINT_BUSY_DEFER_MS = 250;
 /** Retention runs at most this often unless the last run hit a full batch. */
 const RETENTION_EVERY_MS = 10 * 60 * 1000;
 
@@ -38,27 +36,71 @@ export interface DeliveriesOptions {
 }
 
 /**
- * Which endpoints may not take another slot now. Fair shares: with `active` endpoints in
- * flight, each may hold concurrency / (active + 1) slots, so a share is always left for
- * an endpoint that has none yet. Endpoints whose last attempt failed (timeouts, errors:
- * the slow ones) hold one slot each, and together at most half of the slots, so any
- * number of slow endpoints leaves at least half for the healthy ones.
+ * Fair shares of the delivery slots, over the endpoints this replica has work for (in
+ * flight or claimed and waiting). With `active` such endpoints each may hold
+ * concurrency / active slots, so one endpoint alone uses every slot and a second one
+ * gets half as soon as its rows are claimed. Endpoints whose last attempt failed
+ * (timeouts, errors: the slow ones) hold one slot each, and together at most half of the
+ * slots, so any number of slow endpoints leaves at least half for the healthy ones.
  */
-export function excludedEndpoints(
-  concurrency: number,
-  inFlight: ReadonlyMap<number, number>,
-  failing: ReadonlySet<number>,
-): number[] {
-  const fair = Math.max(1, Math.floor(concurrency / (inFlight.size + 1)));
-  let failingInFlight = 0;
-  for (const [id, n] of inFlight) if (failing.has(id)) failingInFlight += n;
-  const failingFull = failingInFlight >= Math.max(1, Math.floor(concurrency / 2));
-  const excluded = new Set<number>();
-  for (const [id, n] of inFlight) {
-    if (n >= (failing.has(id) ? 1 : fair)) excluded.add(id);
+export class EndpointShares {
+  /** In-flight requests per subscription. */
+  readonly inFlight = new Map<number, number>();
+  /** Subscriptions whose last attempt failed or timed out; cleared by a success. */
+  readonly failing = new Set<number>();
+
+  constructor(private readonly concurrency: () => number) {}
+
+  private failingInFlight(): number {
+    let n = 0;
+    for (const [id, k] of this.inFlight) if (this.failing.has(id)) n += k;
+    return n;
   }
-  if (failingFull) for (const id of failing) excluded.add(id);
-  return [...excluded];
+
+  private fair(waiting: readonly { subscription_id: number }[]): number {
+    const active = new Set(this.inFlight.keys());
+    for (const row of waiting) active.add(Number(row.subscription_id));
+    return Math.max(1, Math.floor(this.concurrency() / Math.max(1, active.size)));
+  }
+
+  /** Whether a request to `endpoint` may start now. */
+  admit(endpoint: number, waiting: readonly { subscription_id: number }[]): boolean {
+    const n = this.inFlight.get(endpoint) ?? 0;
+    if (this.failing.has(endpoint)) {
+      return n < 1 && this.failingInFlight() < Math.max(1, Math.floor(this.concurrency() / 2));
+    }
+    return n < this.fair(waiting);
+  }
+
+  /**
+   * Endpoints not to claim for now: those whose rows here (in flight and waiting) fill
+   * their share plus their part of the rows held ahead (`ahead`), and failing endpoints
+   * with one row in flight or waiting.
+   */
+  excluded(waiting: readonly { subscription_id: number }[], ahead: number): number[] {
+    const local = new Map(this.inFlight);
+    for (const row of waiting) {
+      const id = Number(row.subscription_id);
+      local.set(id, (local.get(id) ?? 0) + 1);
+    }
+    const fair = this.fair(waiting);
+    const extra = Math.ceil(ahead / Math.max(1, local.size));
+    const out: number[] = [];
+    for (const [id, n] of local) {
+      if (n >= (this.failing.has(id) ? 1 : fair + extra)) out.push(id);
+    }
+    return out;
+  }
+
+  start(endpoint: number): void {
+    this.inFlight.set(endpoint, (this.inFlight.get(endpoint) ?? 0) + 1);
+  }
+
+  finish(endpoint: number): void {
+    const left = (this.inFlight.get(endpoint) ?? 1) - 1;
+    if (left <= 0) this.inFlight.delete(endpoint);
+    else this.inFlight.set(endpoint, left);
+  }
 }
 
 function clampRetryAfter(ms: number): number {
@@ -69,12 +111,10 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
   const { settings, metrics } = options;
   const log = options.logger.child({ workload: "deliveries" });
   const label = { workload: "deliveries" };
-  // In-flight requests per subscription; at the cap, its rows are not claimed.
-  const inFlightByEndpoint = new Map<number, number>();
-  // Subscriptions whose last attempt failed or timed out; cleared by a success.
-  const failingEndpoints = new Set<number>();
-  const excluded = () =>
-    excludedEndpoints(settings.delivery_concurrency, inFlightByEndpoint, failingEndpoints);
+  const shares = new EndpointShares(() => settings.delivery_concurrency);
+  // Rows held claimed ahead of free slots: a finished request starts the next without a
+  // claim round trip, and claims come in batches although each unit is one request.
+  const claimAhead = () => settings.delivery_concurrency * 8;
   let lastRetention = 0;
 
   async function deliver(row: ClaimedDelivery): Promise<Outcome> {
@@ -131,8 +171,8 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
       class: statusClass("status" in result ? result.status : null),
     });
     const endpoint = Number(row.subscription_id);
-    if (result.kind === "failed") failingEndpoints.add(endpoint);
-    else failingEndpoints.delete(endpoint);
+    if (result.kind === "failed") shares.failing.add(endpoint);
+    else shares.failing.delete(endpoint);
     // A receiver's error text is stored and shown: never with a secret in it.
     const clean = (text: string) => redactSecrets(text, [row.secret, row.previous_secret]);
     switch (result.kind) {
@@ -187,15 +227,15 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
     concurrency: () => settings.delivery_concurrency,
     retryScheduleSeconds: () => settings.delivery_retry_schedule_seconds,
     pausedUntil: () => 0,
-    excludedKeys: excluded,
+    claimAhead,
+    admit: (row, waiting) => shares.admit(Number(row.subscription_id), waiting),
+    excludedKeys: (waiting) => shares.excluded(waiting, claimAhead()),
     async process(rows) {
       return Promise.all(
         rows.map(async (row): Promise<Outcome> => {
           const endpoint = Number(row.subscription_id);
-          if (excluded().includes(endpoint)) {
-            return { id: row.id, kind: "defer", at: new Date(Date.now() + ENDPOINT_BUSY_DEFER_MS) };
-          }
-          inFlightByEndpoint.set(endpoint, (inFlightByEndpoint.get(endpoint) ?? 0) + 1);
+          // Synchronously, before any await: the drainer admits the next row on this count.
+          shares.start(endpoint);
           try {
             return await deliver(row);
           } catch (err) {
@@ -208,9 +248,7 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
               `internal error: ${(err as Error).message}`.slice(0, 1000),
             );
           } finally {
-            const left = (inFlightByEndpoint.get(endpoint) ?? 1) - 1;
-            if (left <= 0) inFlightByEndpoint.delete(endpoint);
-            else inFlightByEndpoint.set(endpoint, left);
+            shares.finish(endpoint);
           }
         }),
       );
