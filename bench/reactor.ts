@@ -1,22 +1,25 @@
 // pg-reactor's own measurements: pickup latency (with either wake source), drains
-// (no-op handler, ShipStation fake, webhook receiver) with 1 and 2 replicas, idle cost
-// and config propagation.
+// (no-op handler, ShipStation fake, webhook receiver) with each replica in a process of
+// its own and the receiver in another, idle cost and config propagation.
+import { cpus } from "node:os";
 import pg from "pg";
 import type { App } from "../src/app.js";
 import { startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { newSecret, startReceiver } from "../src/demo/receiver.js";
 import { sampleOrderPayload } from "../src/demo/sample-order.js";
-import { makeLogger } from "../src/logger.js";
-import { makeMetrics } from "../src/metrics.js";
-import { makeReactor } from "../src/reactor/reactor.js";
-import { makeLiveSettings } from "../src/reactor/settings.js";
 import type { WakeSource } from "../src/reactor/settings-spec.js";
 import { switchWakeSource, walMissing } from "../src/reactor/wake-source.js";
-import type { Workload } from "../src/reactor/workload.js";
-import { SETTINGS } from "../src/workloads/index.js";
-import { makeOrdersQueue } from "../src/workloads/uploads/queue.js";
 import { startReactor, startReplicas } from "../test/helpers/reactor.js";
-import { freshDatabase, idlePerHour, type Summary, summary, until } from "./lib.js";
+import { freshDatabase, idlePerHour, type Summary, sleep, summary, until } from "./lib.js";
+import {
+  benchChild,
+  buildChildren,
+  type Child,
+  type Said,
+  spawnChild,
+  startWindow,
+  stopAll,
+} from "./procs.js";
 
 const PAYLOAD = JSON.stringify(sampleOrderPayload());
 
@@ -156,137 +159,261 @@ export async function deliveryPickup(adminUrl: string, samples: number): Promise
   return { wakeSource: "notify", ...result };
 }
 
-/** A reactor whose only workload finalizes every claimed order as success at once. */
-async function startNoopReactor(url: string, name: string, onDone: (n: number) => void) {
-  const logger = makeLogger("silent");
-  const metrics = makeMetrics();
-  const pool = new pg.Pool({ connectionString: url, max: 10, application_name: "pg-reactor" });
-  const settings = makeLiveSettings(pool, SETTINGS, logger, metrics);
-  const workload: Workload = {
-    name: "uploads",
-    channel: "reactor_orders",
-    queue: makeOrdersQueue(pool) as unknown as Workload["queue"],
-    enabled: () => true,
-    disabledReason: () => null,
-    unitSize: () => settings.current.upload_batch_size,
-    concurrency: () => settings.current.upload_concurrency,
-    pausedUntil: () => 0,
-    retryScheduleSeconds: () => [1],
-    async process(rows) {
-      onDone(rows.length);
-      return rows.map((r) => ({ id: r.id, kind: "success" as const }));
-    },
-  };
-  const reactor = makeReactor({
-    pool,
-    listenUrl: url,
-    owner: `${name}/noop`,
-    settings,
-    workloads: [workload],
-    logger,
-    metrics,
-  });
-  await reactor.start();
-  return {
-    stop: async () => {
-      await reactor.stop(1_000);
-      await pool.end();
-    },
-  };
-}
+/** A child must be ready (listening, settings read) within this long. */
+const READY_TIMEOUT_MS = 60_000;
+/** The whole backlog must be done within this long. */
+const DRAIN_TIMEOUT_MS = 600_000;
 
-export async function noopDrain(adminUrl: string, orders: number, replicas: number) {
+interface Drain {
+  items: number;
+  replicas: number;
+  /** Runtime settings in force, as the in-process drains had them. */
+  settings: Record<string, string>;
+  /** The workload's switch: off while the backlog is queued, on to start. */
+  enable: "uploads_enabled" | "deliveries_enabled";
+  receiver: "shipstation" | "webhooks" | null;
+  /** Queues the whole backlog (`receiver` is the receiver's URL, `secret` its key). */
+  queue(db: pg.Client, receiver: string | null, secret: string): Promise<void>;
+  /** Tables VACUUM ANALYZE runs on once the backlog is queued. */
+  tables: string[];
+  /** Rows finished and failed: `n` and `failed`. */
+  countSql: string;
+  /** Who says when every item was handled: the no-op replicas, or the receiver. */
+  handedBy: "replicas" | "receiver";
+  /** Starts replica `i` (the receiver at `receiver`); `ready` is what it says when ready. */
+  replica(url: string, i: number, receiver: string | null): { child: Child; ready: ReadyTest };
+}
+type ReadyTest = (said: Said) => boolean;
+
+/**
+ * A drain with each replica in a process of its own and the HTTP receiver in another.
+ *
+ * The timed window: the backlog is queued (one INSERT) while the workload's switch is
+ * off, and the tables analyzed; then the replicas start and each says it is ready
+ * (settings read, LISTEN in place, nothing claimed). The clock and the CPU readings start
+ * just before one UPDATE switches the workload on; every replica hears it through
+ * NOTIFY reactor_config, reloads its settings and drains. So the window holds the switch
+ * (a commit and a notification, about a millisecond) and the whole drain, and no process
+ * start-up. It ends when the table says every row is finished (uploaded or delivered),
+ * checked as soon as the replicas (no-op) or the receiver say every item was handled.
+ */
+async function measureDrain(adminUrl: string, d: Drain) {
+  await buildChildren();
   const url = await freshDatabase(adminUrl);
-  // The machinery alone: full batches (100, ShipStation's maximum) and the most units in
-  // flight the settings allow, the equivalent of graphile-worker's localQueue.
-  await withSettings(url, { upload_concurrency: process.env.NOOP_CONCURRENCY ?? "16" });
+  await withSettings(url, { ...d.settings, [d.enable]: "false" });
   const db = new pg.Client({ connectionString: url });
   await db.connect();
-  // Queued first, like graphile-worker's drain: the clock runs from start to empty.
-  await db.query(
-    "INSERT INTO orders_inbox (order_number, payload) SELECT 'n-' || g, $1::jsonb FROM generate_series(1, $2::int) g",
-    [PAYLOAD, orders],
-  );
-  await db.query("VACUUM ANALYZE orders_inbox");
-  let done = 0;
-  const t0 = performance.now();
-  const running = await Promise.all(
-    Array.from({ length: replicas }, (_, r) => startNoopReactor(url, `r${r}`, (n) => (done += n))),
-  );
-  await until(() => done >= orders, 600_000);
-  // Done means finalized in the table, not only handed to the handler.
-  for (;;) {
-    const { rows } = await db.query(
-      "SELECT count(*)::int AS n FROM orders_inbox WHERE upload_state = 'uploaded'",
+  const secret = newSecret();
+  const replicas: Child[] = [];
+  let receiver: Child | null = null;
+  let measuring = false;
+  let fail: (err: Error) => void = () => undefined;
+  const failed = new Promise<never>((_, reject) => {
+    fail = reject;
+  });
+  failed.catch(() => undefined);
+  try {
+    let receiverUrl: string | null = null;
+    if (d.receiver) {
+      receiver = spawnChild(
+        "receiver",
+        benchChild("receiver-child"),
+        { RECEIVER: d.receiver, EXPECT: String(d.items), WEBHOOK_SECRET: secret },
+        { ipc: true },
+      );
+      const ready = await receiver.when((s) => s.type === "ready", "ready", READY_TIMEOUT_MS);
+      receiverUrl = String(ready.url);
+      receiver.listen((s) => {
+        if (s.type === "error") fail(new Error(`bench: receiver: ${String(s.message)}`));
+      });
+    }
+    await d.queue(db, receiverUrl, secret);
+    for (const table of d.tables) await db.query(`VACUUM ANALYZE ${table}`);
+    const ready: Array<Promise<Said>> = [];
+    for (let i = 0; i < d.replicas; i++) {
+      const r = d.replica(url, i, receiverUrl);
+      replicas.push(r.child);
+      ready.push(r.child.when(r.ready, "ready", READY_TIMEOUT_MS));
+    }
+    await Promise.all(ready);
+    for (const c of [...replicas, receiver]) {
+      c?.process.once("exit", (code, signal) => {
+        if (measuring) fail(new Error(`bench: ${c.name} exited (${signal ?? code})\n${c.tail()}`));
+      });
+    }
+    const handled = new Promise<void>((resolve) => {
+      if (d.handedBy === "receiver") {
+        receiver?.listen((s) => s.type === "done" && resolve());
+        return;
+      }
+      let rows = 0;
+      for (const r of replicas) {
+        r.listen((s) => {
+          if (s.type !== "progress") return;
+          rows += Number(s.rows);
+          if (rows >= d.items) resolve();
+        });
+      }
+    });
+    const pids = replicas.map((r) => r.pid);
+    if (receiver) pids.push(receiver.pid);
+    measuring = true;
+    const window = await startWindow(pids, db, cpus().length);
+    const switched = await db.query(
+      "UPDATE configuration_params SET value = 'true', updated_at = now() WHERE category = 'reactor' AND parameter_name = $1",
+      [d.enable],
     );
-    if (rows[0].n >= orders) break;
+    if (switched.rowCount !== 1) throw new Error(`bench: ${d.enable} was not stored`);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`bench: not every item handled within ${DRAIN_TIMEOUT_MS} ms`)),
+        DRAIN_TIMEOUT_MS,
+      );
+    });
+    await Promise.race([handled, failed, late]).finally(() => clearTimeout(timer));
+    // Finished means finalized in the table, not only handed to the handler or receiver.
+    const deadline = performance.now() + 30_000;
+    for (;;) {
+      const { rows } = await db.query(d.countSql);
+      if (rows[0].failed > 0) throw new Error(`bench: ${rows[0].failed} rows failed`);
+      if (rows[0].n >= d.items) break;
+      if (performance.now() > deadline) throw new Error("bench: rows not finalized in 30 s");
+      await sleep(2);
+    }
+    const usage = await window.end();
+    measuring = false;
+    let counts: Said | null = null;
+    if (receiver) {
+      const asked = receiver.when((s) => s.type === "counts", "counts", 10_000);
+      receiver.send({ type: "counts" });
+      counts = await asked;
+    }
+    const rss = usage.rssPeakMiB;
+    return {
+      replicas: d.replicas,
+      seconds: Number(usage.seconds.toFixed(2)),
+      perSecond: Math.round(d.items / usage.seconds),
+      cpu: {
+        replicas: usage.cores.slice(0, d.replicas),
+        ...(receiver ? { receiver: usage.cores[d.replicas] } : {}),
+        postgres: usage.postgresCores,
+        driver: usage.driverCores,
+        machine: usage.machineCores,
+      },
+      rssPeakMiB: rss.slice(0, d.replicas),
+      ...(receiver ? { receiverRssPeakMiB: rss[d.replicas] } : {}),
+      ...(counts?.calls ? { calls: counts.calls } : {}),
+      ...(counts && Number(counts.received) > Number(counts.distinct)
+        ? { duplicates: Number(counts.received) - Number(counts.distinct) }
+        : {}),
+    };
+  } finally {
+    measuring = false;
+    await stopAll(replicas);
+    await stopAll([receiver]);
+    await db.end();
   }
-  const seconds = (performance.now() - t0) / 1000;
-  await db.end();
-  await Promise.all(running.map((r) => r.stop()));
-  return {
-    orders,
-    replicas,
-    seconds: Number(seconds.toFixed(2)),
-    perSecond: Math.round(orders / seconds),
-  };
 }
 
-/** Seconds from `start` (an INSERT of the whole backlog) until `done` holds. */
-async function timeDrain(start: () => Promise<unknown>, done: () => boolean, items: number) {
-  const t0 = performance.now();
-  await start();
-  await until(done, 600_000);
-  const seconds = (performance.now() - t0) / 1000;
-  return { seconds: Number(seconds.toFixed(2)), perSecond: Math.round(items / seconds) };
+/** The service as production runs it: `node dist/main.js`, configured by its environment. */
+function serviceReplica(url: string, i: number, shipstationUrl: string | null) {
+  const name = String.fromCharCode(97 + i);
+  const child = spawnChild(`replica ${name}`, ["dist/main.js"], {
+    DATABASE_URL: url,
+    INSTANCE_ID: name,
+    HTTP_PORT: "0",
+    SHIPSTATION_BASE_URL: shipstationUrl ?? "http://127.0.0.1:9",
+    SHIPSTATION_API_KEY: "bench",
+    SHIPSTATION_API_SECRET: "bench",
+    // The SSRF guard stays on; the bench's receiver listens on loopback.
+    WEBHOOK_ALLOWED_NETWORKS: "127.0.0.1/32",
+    LOG_LEVEL: "info",
+  });
+  return { child, ready: (s: Said) => s.msg === "pg-reactor ready" };
+}
+
+const ORDERS_COUNT = `SELECT count(*) FILTER (WHERE upload_state = 'uploaded')::int AS n,
+  count(*) FILTER (WHERE upload_state = 'failed')::int AS failed FROM orders_inbox`;
+
+/** `orders` orders in one INSERT, numbered `prefix`1…. */
+const queueOrders = (prefix: string, orders: number) => (db: pg.Client) =>
+  db
+    .query(
+      "INSERT INTO orders_inbox (order_number, payload) SELECT $1 || g, $2::jsonb FROM generate_series(1, $3::int) g",
+      [prefix, PAYLOAD, orders],
+    )
+    .then(() => undefined);
+
+export async function noopDrain(adminUrl: string, orders: number, replicas: number) {
+  const result = await measureDrain(adminUrl, {
+    items: orders,
+    replicas,
+    // The machinery alone: full batches (100, ShipStation's maximum) and the most units in
+    // flight the settings allow, the equivalent of graphile-worker's localQueue.
+    settings: { upload_concurrency: process.env.NOOP_CONCURRENCY ?? "16" },
+    enable: "uploads_enabled",
+    receiver: null,
+    queue: queueOrders("n-", orders),
+    tables: ["orders_inbox"],
+    countSql: ORDERS_COUNT,
+    handedBy: "replicas",
+    replica: (url, i) => ({
+      child: spawnChild(
+        `noop replica ${i}`,
+        benchChild("replica-child"),
+        { DATABASE_URL: url, INSTANCE_ID: String.fromCharCode(97 + i) },
+        { ipc: true },
+      ),
+      ready: (s) => s.type === "ready",
+    }),
+  });
+  return { orders, ...result };
 }
 
 export async function shipstationDrain(adminUrl: string, orders: number, replicas: number) {
-  const url = await freshDatabase(adminUrl);
-  await withSettings(url, { upload_rate_limit_per_minute: "100000" });
-  const fake = await startFakeShipStation();
-  const apps = await startReplicas(replicas, { databaseUrl: url, shipstationUrl: fake.url });
-  const db = new pg.Client({ connectionString: url });
-  await db.connect();
-  const timing = await timeDrain(
-    () =>
-      db.query(
-        "INSERT INTO orders_inbox (order_number, payload) SELECT 's-' || g, $1::jsonb FROM generate_series(1, $2::int) g",
-        [PAYLOAD, orders],
-      ),
-    () => fake.received.size >= orders,
-    orders,
-  );
-  await db.end();
-  await Promise.all(apps.map((a) => a.stop(1_000)));
-  await fake.close();
-  return { orders, replicas, ...timing, calls: fake.calls.length };
+  const result = await measureDrain(adminUrl, {
+    items: orders,
+    replicas,
+    settings: { upload_rate_limit_per_minute: "100000" },
+    enable: "uploads_enabled",
+    receiver: "shipstation",
+    queue: queueOrders("s-", orders),
+    tables: ["orders_inbox"],
+    countSql: ORDERS_COUNT,
+    handedBy: "receiver",
+    replica: serviceReplica,
+  });
+  return { orders, ...result };
 }
 
 export async function deliveriesDrain(adminUrl: string, events: number, replicas: number) {
-  const url = await freshDatabase(adminUrl);
-  const receiver = await startReceiver();
-  const db = new pg.Client({ connectionString: url });
-  await db.connect();
-  await db.query("INSERT INTO webhook_subscriptions (url, secret) VALUES ($1, $2)", [
-    `${receiver.url}/hook`,
-    newSecret(),
-  ]);
-  const apps = await startReplicas(replicas, { databaseUrl: url });
-  const timing = await timeDrain(
-    () =>
-      db.query(
+  const result = await measureDrain(adminUrl, {
+    items: events,
+    replicas,
+    settings: {},
+    enable: "deliveries_enabled",
+    receiver: "webhooks",
+    async queue(db, receiverUrl, secret) {
+      await db.query("INSERT INTO webhook_subscriptions (url, secret) VALUES ($1, $2)", [
+        `${receiverUrl}/hook`,
+        secret,
+      ]);
+      // The trigger makes each event's delivery row in the same statement.
+      await db.query(
         `INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload)
          SELECT 'o', g::text, 'order.created', '{}' FROM generate_series(1, $1::int) g`,
         [events],
-      ),
-    () => receiver.delivered.size >= events,
-    events,
-  );
-  await db.end();
-  await Promise.all(apps.map((a) => a.stop(1_000)));
-  await receiver.close();
-  return { events, replicas, ...timing };
+      );
+    },
+    tables: ["outbox_events", "webhook_deliveries"],
+    countSql: `SELECT count(*) FILTER (WHERE state = 'delivered')::int AS n,
+      count(*) FILTER (WHERE state IN ('failed', 'cancelled'))::int AS failed FROM webhook_deliveries`,
+    handedBy: "receiver",
+    // Deliveries only: no ShipStation behind port 9, as in the in-process drain.
+    replica: (url, i) => serviceReplica(url, i, null),
+  });
+  return { events, ...result };
 }
 
 export async function reactorIdle(adminUrl: string, seconds: number) {

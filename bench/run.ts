@@ -70,7 +70,8 @@ async function measure(adminUrl: string) {
   if (walVsNotify) r["latency.uploadsWalVsNotify"] = walVsNotify;
   await step("latency.deliveries", () => deliveryPickup(adminUrl, SAMPLES));
   await step("drain.graphileWorker", () => graphileDrain(adminUrl, DRAIN, IDLE_SECONDS));
-  for (const replicas of [1, 2]) {
+  // Each replica is a process of its own, the receivers another (bench/reactor.ts).
+  for (const replicas of [1, 2, 3]) {
     await step(`drain.noop${replicas}`, () => noopDrain(adminUrl, DRAIN, replicas));
     await step(`drain.shipstation${replicas}`, () => shipstationDrain(adminUrl, DRAIN, replicas));
     await step(`drain.deliveries${replicas}`, () =>
