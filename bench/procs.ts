@@ -98,7 +98,12 @@ export function spawnChild(
       for (const c of live) c.kill("SIGKILL");
     });
   }
-  const child = spawn(process.execPath, args, {
+  // BENCH_CPU_PROF=<folder>: every child writes a V8 CPU profile there when it exits
+  // (open it in Chrome DevTools, or summarise it by function).
+  const profile = process.env.BENCH_CPU_PROF
+    ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`]
+    : [];
+  const child = spawn(process.execPath, [...profile, ...args], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
     stdio: ["ignore", "pipe", "pipe", ...(options.ipc ? (["ipc"] as const) : [])],

@@ -1,14 +1,17 @@
 // Units: environment parsing, settings parsing, notification payloads, the SSRF guard and
-// the webhook client's reading of Retry-After (against a real receiver on loopback).
+// the webhook client's reading of Retry-After (against a real receiver on loopback), and
+// webhook signatures against the standardwebhooks library.
+import { Webhook } from "standardwebhooks";
 import { describe, expect, it } from "vitest";
 import { EnvError, loadEnv } from "../src/config/env.js";
-import { startReceiver } from "../src/demo/receiver.js";
+import { newSecret, startReceiver } from "../src/demo/receiver.js";
 import { makeAgent } from "../src/outbound/http.js";
 import { makeAddressPolicy } from "../src/outbound/ssrf.js";
 import { scheduledDelayMs } from "../src/reactor/backoff.js";
 import { parsePayload } from "../src/reactor/listener.js";
 import { defaultSettings, parseSetting } from "../src/reactor/settings-spec.js";
 import { STANDARD_WEBHOOKS_SCHEDULE } from "../src/workloads/deliveries/settings.js";
+import { signedHeaders } from "../src/workloads/deliveries/signing.js";
 import { sendWebhook } from "../src/workloads/deliveries/webhook-client.js";
 import { SETTINGS } from "../src/workloads/index.js";
 
@@ -357,5 +360,30 @@ describe("subscription input", () => {
       /must not contain user:password@/,
     );
     expect(subscriptionInputProblem({ url: "https://hooks.example.com/h" })).toBeNull();
+  });
+});
+
+describe("webhook signatures", () => {
+  it("match what standardwebhooks signs and verifies, for any body, both secrets in rotation", () => {
+    const bodies = ['{"a":1}', '{"text":"é ✓ 𝄞 \\u0000"}', "x".repeat(70_000), ""];
+    for (let i = 0; i < 20; i++) {
+      const secret = newSecret();
+      const previous = i % 2 ? newSecret() : null;
+      const body = bodies[i % bodies.length] as string;
+      const now = new Date(Date.UTC(2026, 0, 1, 0, 0, i));
+      const event = { eventId: `${i}`, eventType: "t", createdAt: now, payloadJson: "{}" };
+      const headers = signedHeaders(event, body, { secret, previousSecret: previous }, now);
+      const [first, second] = headers["webhook-signature"]?.split(" ") ?? [];
+      expect(first).toBe(new Webhook(secret).sign(`${i}`, now, body));
+      if (previous) expect(second).toBe(new Webhook(previous).sign(`${i}`, now, body));
+      else expect(second).toBeUndefined();
+    }
+  });
+
+  it("a secret that is not base64 is refused with standardwebhooks' error", () => {
+    const event = { eventId: "1", eventType: "t", createdAt: new Date(), payloadJson: "{}" };
+    expect(() =>
+      signedHeaders(event, "{}", { secret: "whsec_%%%", previousSecret: null }),
+    ).toThrow();
   });
 });

@@ -209,7 +209,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     if (reason === "notify") state.lastNotifyAt = state.lastWakeAt;
     if (loop) {
       again = true;
-      wakeWaiter?.();
+      signal();
       return;
     }
     loop = drain().finally(() => {
@@ -271,6 +271,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
       units.delete(unit);
       // Claimed rows start as slots free, also while the loop waits on a claim.
       if (!stopping) startWaiting();
+      signal();
     });
     units.add(unit);
   }
@@ -286,7 +287,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     const done = finalizer.submit(outcomes).finally(() => {
       recording.delete(done);
       recordingRows -= outcomes.length;
-      wakeWaiter?.();
+      signal();
     });
     recording.add(done);
   }
@@ -298,15 +299,22 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     return workload.concurrency() - units.size;
   }
 
-  /** Resolves when a unit finishes or a wake-up arrives, whichever is first. */
-  function nextEvent(): Promise<unknown> {
-    return Promise.race([
-      ...units,
-      ...recording,
-      new Promise<void>((resolve) => (wakeWaiter = resolve)),
-    ]).finally(() => {
-      wakeWaiter = null;
+  /**
+   * Resolves at the next unit finished, results recorded or wake-up. One waiter, resolved
+   * by whoever comes first (a race over every unit would cost a callback per unit per wait).
+   * The loop checks its conditions and calls this without an await in between, so no
+   * event falls in the gap.
+   */
+  function nextEvent(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      wakeWaiter = resolve;
     });
+  }
+
+  function signal() {
+    const waiter = wakeWaiter;
+    wakeWaiter = null;
+    waiter?.();
   }
 
   /**
