@@ -1,6 +1,9 @@
 // The one LISTEN connection (docs/architecture.md §4): pg-listen, with its dangerous defaults fixed.
-// It retries forever with capped backoff, verifies pg_listening_channels() on a timer,
-// reports every (re)connect so the reactor can catch up, and stops for good on close().
+// It retries forever with capped backoff, proves the connection works (the safety poll
+// notifies a private ping channel, which must arrive; without pings, pg_listening_channels()
+// on a timer), reports every (re)connect so the reactor can catch up, and stops for good
+// on close().
+import { randomBytes } from "node:crypto";
 import pg from "pg";
 import pgListen from "pg-listen";
 import { CONNECT_TIMEOUT_MS } from "../db/connect.js";
@@ -30,7 +33,10 @@ export interface ListenerOptions {
   channels: string[];
   logger: Logger;
   metrics: Metrics;
-  /** Interval of the pg_listening_channels() check (one query on the listener connection). */
+  /**
+   * The connection is proven at least this often: by a ping (see expectPing) or, when
+   * none arrived within the interval, by a pg_listening_channels() query on it.
+   */
   checkIntervalMs?: number;
   onNotification(channel: string, payload: NotificationPayload | null): void;
   /** Called after the first connect and after every reconnect, once LISTEN is in place. */
@@ -58,6 +64,16 @@ export interface Listener {
   state(): ListenerState;
   /** Test and ops hook: the backend pid of the LISTEN session, if connected. */
   backendPid(): number | null;
+  /**
+   * This listener's private channel while it is connected, else null. A commit that
+   * notifies it proves that notifications reach this process, the whole way.
+   */
+  pingChannel(): string | null;
+  /**
+   * A ping committed (sent no earlier than `sentAt`, epoch ms): unless it arrives within
+   * the check timeout, the connection is treated as dead and made again.
+   */
+  expectPing(sentAt: number): void;
 }
 
 /** Parses a payload; returns null (and the caller counts it) unless it is our tiny JSON. */
@@ -103,6 +119,11 @@ export function makeListener(options: ListenerOptions): Listener {
   let started = false;
   let current: pg.Client | null = null;
   let checkTimer: NodeJS.Timeout | null = null;
+  // Random, so replicas never hear each other's pings; not a metric label (unbounded).
+  const pingChannel = `reactor_ping_${randomBytes(6).toString("hex")}`;
+  const channels = [...options.channels, pingChannel];
+  let lastPingAt = 0;
+  let pingTimer: NodeJS.Timeout | null = null;
   const state: ListenerState = {
     connected: false,
     since: new Date(),
@@ -163,6 +184,10 @@ export function makeListener(options: ListenerOptions): Listener {
   }
 
   subscriber.events.on("notification", ({ channel, payload }) => {
+    if (channel === pingChannel) {
+      lastPingAt = Date.now();
+      return;
+    }
     state.lastNotificationAt = new Date();
     metrics.notifications.inc({ channel });
     const parsed = parsePayload(payload as string | undefined);
@@ -211,38 +236,57 @@ export function makeListener(options: ListenerOptions): Listener {
         "channel check timed out",
       );
       const listening = new Set(result.rows.map((r) => r.channel));
-      const missing = options.channels.filter((c) => !listening.has(c));
+      const missing = channels.filter((c) => !listening.has(c));
       if (missing.length > 0) throw new Error(`not listening on ${missing.join(", ")}`);
     } catch (err) {
-      if (closed) return;
-      log.warn({ err: (err as Error).message }, "LISTEN check failed; reconnecting");
-      setConnected(false);
-      // pg-listen reconnects (and re-LISTENs) when its client ends.
-      const conn = (client as unknown as { connection?: { stream?: { destroy(): void } } })
-        .connection;
-      conn?.stream?.destroy();
-      client.end().catch(() => undefined);
+      restart(client, (err as Error).message);
     }
+  }
+
+  /** Drops a connection that failed a check; pg-listen reconnects (and re-LISTENs). */
+  function restart(client: pg.Client, why: string) {
+    if (closed || client !== current) return;
+    log.warn({ err: why }, "LISTEN check failed; reconnecting");
+    setConnected(false);
+    const conn = (client as unknown as { connection?: { stream?: { destroy(): void } } })
+      .connection;
+    conn?.stream?.destroy();
+    client.end().catch(() => undefined);
   }
 
   return {
     async start() {
       await subscriber.connect();
-      for (const channel of options.channels) await subscriber.listenTo(channel);
+      for (const channel of channels) await subscriber.listenTo(channel);
       started = true;
       setConnected(true);
       const interval = options.checkIntervalMs ?? 60_000;
-      checkTimer = setInterval(() => void check(), interval);
+      // A ping heard within the interval already proved the connection: no query.
+      checkTimer = setInterval(() => {
+        if (Date.now() - lastPingAt >= interval) void check();
+      }, interval);
       checkTimer.unref();
       options.onConnected(false);
     },
     async close() {
       closed = true;
       if (checkTimer) clearInterval(checkTimer);
+      if (pingTimer) clearTimeout(pingTimer);
       setConnected(false);
       await subscriber.close().catch(() => undefined);
     },
     state: () => ({ ...state }),
+    pingChannel: () => (state.connected && !closed ? pingChannel : null),
+    expectPing(sentAt) {
+      const client = current;
+      if (pingTimer || !client || closed) return;
+      pingTimer = setTimeout(() => {
+        pingTimer = null;
+        if (lastPingAt >= sentAt || closed || !state.connected) return;
+        restart(client, `no ping within ${CHECK_TIMEOUT_MS / 1000} s of its commit`);
+      }, CHECK_TIMEOUT_MS);
+      pingTimer.unref();
+    },
     backendPid: () => {
       const pid = (current as unknown as { processID?: number } | null)?.processID;
       return state.connected && pid ? pid : null;

@@ -78,6 +78,7 @@ export function makeReactor(options: ReactorOptions): Reactor {
     settings,
     logger,
     metrics,
+    listener: () => listener,
   });
 
   async function reloadSettings() {

@@ -1,11 +1,13 @@
 // The slow safety net (docs/architecture.md §1): every poll_interval_seconds, ONE query asks every
 // workload table what is due and re-reads the settings (a config notification may have
-// been lost). Due work is woken; future work arms the drainers' timers. At idle this is
-// the only query the reactor makes, besides the listener's channel check.
+// been lost). Due work is woken; future work arms the drainers' timers. The same query
+// notifies the listener's private ping channel, which proves the LISTEN connection
+// without a query of its own. At idle this is the only query the reactor makes.
 import type { Pool } from "../db/pool.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import type { Drainer } from "./drainer.js";
+import type { Listener } from "./listener.js";
 import { toStats } from "./lease-queue.js";
 import { type LiveSettings, SETTINGS_ROWS_SQL, type SettingRow } from "./settings.js";
 import type { Workload } from "./workload.js";
@@ -27,6 +29,8 @@ export function makeSafetyPoll(options: {
   settings: LiveSettings;
   logger: Logger;
   metrics: Metrics;
+  /** The listener to ping, if any (see Listener.pingChannel). */
+  listener?: () => Pick<Listener, "pingChannel" | "expectPing"> | null;
 }): SafetyPoll {
   const { pool, workloads, metrics } = options;
   const log = options.logger.child({ component: "safety-poll" });
@@ -36,6 +40,7 @@ export function makeSafetyPoll(options: {
   const sql = `SELECT
     (SELECT coalesce(json_agg(s), '[]') FROM (${statsSql}) s) AS stats,
     (SELECT coalesce(json_agg(c), '[]') FROM (${SETTINGS_ROWS_SQL}) c) AS config`;
+  const pingSql = `${sql}, pg_notify($1, '') AS ping`;
   let timer: NodeJS.Timeout | null = null;
   let stopped = true;
   let last: Date | null = null;
@@ -44,9 +49,14 @@ export function makeSafetyPoll(options: {
   async function pollNow() {
     metrics.safetyPolls.inc();
     last = new Date();
+    const listener = options.listener?.() ?? null;
+    const channel = listener?.pingChannel() ?? null;
+    const sentAt = Date.now();
     const { rows } = await pool.query<{ stats: Record<string, unknown>[]; config: SettingRow[] }>(
-      sql,
+      channel ? pingSql : sql,
+      channel ? [channel] : [],
     );
+    if (channel) listener?.expectPing(sentAt);
     const result = rows[0];
     if (!result) return;
     options.settings.apply(result.config);

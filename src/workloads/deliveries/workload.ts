@@ -22,7 +22,7 @@ import { sendWebhook } from "./webhook-client.js";
 export const RETRY_AFTER_MIN_MS = 1_000;
 export const RETRY_AFTER_MAX_MS = 60 * 60 * 1000;
 /** Retention runs at most this often unless the last run hit a full batch. */
-const RETENTION_EVERY_MS = 10 * 60 * 1000;
+const RETENTION_EVERY_MS = 60 * 60 * 1000;
 
 export interface DeliveriesOptions {
   pool: Pool;
