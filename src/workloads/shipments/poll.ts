@@ -61,16 +61,21 @@ export function makeShipmentPoll(options: {
   let known: SyncState = { watermark: null, polledAt: null };
   const intervalMs = () => settings.shipment_sync_interval_seconds * 1000;
 
+  // The age is computed by the database, whose clock wrote updated_at, and turned into
+  // this process's time: a skew between the two clocks cannot make a poll look recent
+  // forever (and skip every turn) or stale.
+  const STATE_COLUMNS =
+    "watermark, (extract(epoch FROM now() - updated_at) * 1000)::float8 AS age_ms";
+
   async function read(): Promise<SyncState> {
-    // The age is computed by the database, whose clock wrote updated_at, and turned into
-    // this process's time: a skew between the two clocks cannot make a poll look recent
-    // forever (and skip every turn) or stale.
     const { rows } = await pool.query<{ watermark: Date | null; age_ms: number }>(
-      `SELECT watermark, (extract(epoch FROM now() - updated_at) * 1000)::float8 AS age_ms
-       FROM reactor_sync_state WHERE name = $1`,
+      `SELECT ${STATE_COLUMNS} FROM reactor_sync_state WHERE name = $1`,
       [SYNC_NAME],
     );
-    const row = rows[0];
+    return remember(rows[0]);
+  }
+
+  function remember(row: { watermark: Date | null; age_ms: number } | undefined): SyncState {
     known = {
       watermark: row?.watermark ?? null,
       polledAt: row ? new Date(Date.now() - Math.max(0, Number(row.age_ms))) : null,
@@ -78,15 +83,18 @@ export function makeShipmentPoll(options: {
     return known;
   }
 
-  async function save(watermark: Date | null) {
+  /** Records a finished poll and returns the state as stored (one round trip, not two). */
+  async function save(watermark: Date | null): Promise<SyncState> {
     // The watermark never moves back (greatest ignores NULL).
-    await pool.query(
+    const { rows } = await pool.query<{ watermark: Date | null; age_ms: number }>(
       `INSERT INTO reactor_sync_state (name, watermark, updated_at) VALUES ($1, $2, now())
        ON CONFLICT (name) DO UPDATE
          SET watermark = greatest(reactor_sync_state.watermark, excluded.watermark),
-             updated_at = now()`,
+             updated_at = now()
+       RETURNING ${STATE_COLUMNS}`,
       [SYNC_NAME, watermark],
     );
+    return remember(rows[0]);
   }
 
   async function pollLocked() {
@@ -106,7 +114,6 @@ export function makeShipmentPoll(options: {
     );
     if (result.kind === "done") {
       await save(result.newest);
-      await read();
       log.debug(
         { shipments: result.shipments, applied: result.applied, createDateStart },
         "shipment poll done",
