@@ -2,6 +2,7 @@
 // (no-op handler, ShipStation fake, webhook receiver) with each replica in a process of
 // its own and the receiver in another, idle cost and config propagation.
 import { cpus } from "node:os";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import pg from "pg";
 import type { App } from "../src/app.js";
 import { startFakeShipStation } from "../src/demo/fake-shipstation.js";
@@ -60,41 +61,89 @@ export async function setWakeSource(url: string, mode: WakeSource): Promise<void
   }
 }
 
-type Pickup = { wakeSource: WakeSource; handler: Summary; target: Summary };
+type Pickup = {
+  wakeSource: WakeSource;
+  handler: Summary;
+  target: Summary;
+  stages: Record<string, Summary>;
+  /** The bench process's event-loop delay during the samples (ms), which the reactor shares. */
+  eventLoopDelay: { p50: number; p99: number; max: number };
+};
 
-/** A reactor that records which row ids its drainers claimed (the handler-start signal). */
+/**
+ * A reactor that records, on the bench's clock, when its drainers were woken, sent a
+ * claim, and claimed which row ids (the handler starts on the same tick as the claim).
+ */
 async function startRecordingReactor(url: string, shipstationUrl?: string) {
-  const claimed = new Set<number>();
+  const claimed = new Map<number, number>();
+  const woken: number[] = [];
+  const claiming: number[] = [];
   const app = await startReactor({
     databaseUrl: url,
     shipstationUrl,
     onDrainerEvent: (e) => {
-      if (e.type === "claimed") for (const id of e.ids) claimed.add(id);
+      const now = performance.now();
+      if (e.type === "claimed") for (const id of e.ids) claimed.set(id, now);
+      else if (e.type === "woken" && (e.reason === "notify" || e.reason === "wal")) woken.push(now);
+      else if (e.type === "claiming") claiming.push(now);
     },
   });
-  return { app, claimed };
+  return { app, marks: { claimed, woken, claiming } };
 }
+type Marks = Awaited<ReturnType<typeof startRecordingReactor>>["marks"];
+
+/** The first mark at or after `t`, or NaN. */
+const firstAfter = (marks: number[], t: number) => marks.find((m) => m >= t) ?? Number.NaN;
 
 /**
  * Sequential samples: `insert` commits one row and says which row id the reactor will
  * claim and when the target has it; times are from just before the INSERT is sent.
+ * Stages per sample: the INSERT's reply (its commit, as the client sees it), the wake-up
+ * (the notification or WAL commit reached the drainer), the claim sent, the claim back
+ * with the row (the handler starts).
  */
 async function measurePickup(
   samples: number,
-  claimed: Set<number>,
-  insert: (i: number) => Promise<{ rowId: number; arrived: () => boolean }>,
+  marks: Marks,
+  insert: (i: number) => Promise<{ rowId: number; committedAt: number; arrived: () => boolean }>,
 ): Promise<Omit<Pickup, "wakeSource">> {
   const handler: number[] = [];
   const target: number[] = [];
+  const stage = {
+    insertReply: [] as number[],
+    toWake: [] as number[],
+    wakeToClaimSent: [] as number[],
+    claimRoundTrip: [] as number[],
+  };
+  const eld = monitorEventLoopDelay({ resolution: 1 });
+  eld.enable();
   for (let i = 0; i < samples; i++) {
+    marks.woken.length = 0;
+    marks.claiming.length = 0;
     const t0 = performance.now();
-    const { rowId, arrived } = await insert(i);
-    await until(() => claimed.has(rowId));
-    handler.push(performance.now() - t0);
+    const { rowId, committedAt, arrived } = await insert(i);
+    await until(() => marks.claimed.has(rowId));
+    const claimedAt = marks.claimed.get(rowId) as number;
+    handler.push(claimedAt - t0);
+    const wokenAt = firstAfter(marks.woken, t0);
+    const claimSentAt = marks.claiming.filter((m) => m <= claimedAt).at(-1) ?? Number.NaN;
+    stage.insertReply.push(committedAt - t0);
+    stage.toWake.push(wokenAt - t0);
+    stage.wakeToClaimSent.push(claimSentAt - wokenAt);
+    stage.claimRoundTrip.push(claimedAt - claimSentAt);
     await until(arrived);
     target.push(performance.now() - t0);
   }
-  return { handler: summary(handler), target: summary(target) };
+  eld.disable();
+  const ms = (ns: number) => Number((ns / 1e6).toFixed(3));
+  return {
+    handler: summary(handler),
+    target: summary(target),
+    stages: Object.fromEntries(
+      Object.entries(stage).map(([k, v]) => [k, summary(v.filter((x) => Number.isFinite(x)))]),
+    ),
+    eventLoopDelay: { p50: ms(eld.percentile(50)), p99: ms(eld.percentile(99)), max: ms(eld.max) },
+  };
 }
 
 /**
@@ -115,17 +164,18 @@ export async function uploadPickup(
     await setWakeSource(url, "wal");
   }
   const fake = await startFakeShipStation();
-  const { app, claimed } = await startRecordingReactor(url, fake.url);
+  const { app, marks } = await startRecordingReactor(url, fake.url);
   if (mode === "wal") await until(() => app.reactor.wal.state().connected, 30_000);
   const db = new pg.Client({ connectionString: url });
   await db.connect();
-  const result = await measurePickup(samples, claimed, async (i) => {
+  const result = await measurePickup(samples, marks, async (i) => {
     const key = `lat-${i}`;
     const { rows } = await db.query(
       "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ($1, $1, $2) RETURNING id",
       [key, PAYLOAD],
     );
-    return { rowId: Number(rows[0].id), arrived: () => fake.received.has(key) };
+    const committedAt = performance.now();
+    return { rowId: Number(rows[0].id), committedAt, arrived: () => fake.received.has(key) };
   });
   await app.stop(1_000);
   await db.end();
@@ -142,16 +192,21 @@ export async function deliveryPickup(adminUrl: string, samples: number): Promise
     `${receiver.url}/hook`,
     newSecret(),
   ]);
-  const { app, claimed } = await startRecordingReactor(url);
-  const result = await measurePickup(samples, claimed, async (i) => {
+  const { app, marks } = await startRecordingReactor(url);
+  const result = await measurePickup(samples, marks, async (i) => {
     const { rows } = await db.query(
       "INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload) VALUES ('o', $1, 'order.created', '{}') RETURNING id",
       [String(i)],
     );
+    const committedAt = performance.now();
     const eventId = rows[0].id;
     // The trigger made the delivery row in the same transaction; the claim is on its id.
     const d = await db.query("SELECT id FROM webhook_deliveries WHERE event_id = $1", [eventId]);
-    return { rowId: Number(d.rows[0].id), arrived: () => receiver.delivered.has(eventId) };
+    return {
+      rowId: Number(d.rows[0].id),
+      committedAt,
+      arrived: () => receiver.delivered.has(eventId),
+    };
   });
   await app.stop(1_000);
   await db.end();
@@ -416,12 +471,23 @@ export async function deliveriesDrain(adminUrl: string, events: number, replicas
   return { events, ...result };
 }
 
-export async function reactorIdle(adminUrl: string, seconds: number) {
+/**
+ * Queries an hour of one idle replica with every workload. With `shipstation`, a fake
+ * ShipStation answers, so the shipment poll (every shipment_sync_interval_seconds, 120 s)
+ * runs in full; the window then covers at least two of its turns. Without, shipments are
+ * switched off: the reactor's own cost, the safety poll.
+ */
+export async function reactorIdle(adminUrl: string, seconds: number, shipstation: boolean) {
   const url = await freshDatabase(adminUrl);
-  const app = await startReactor({ databaseUrl: url });
-  const idle = await idlePerHour(url, seconds);
-  await app.stop(1_000);
-  return idle;
+  if (!shipstation) await withSettings(url, { shipments_enabled: "false" });
+  const fake = shipstation ? await startFakeShipStation() : null;
+  const app = await startReactor({ databaseUrl: url, shipstationUrl: fake?.url });
+  try {
+    return await idlePerHour(url, shipstation ? Math.max(seconds, 240) : seconds);
+  } finally {
+    await app.stop(1_000);
+    await fake?.close();
+  }
 }
 
 export async function configPropagation(adminUrl: string, changes: number): Promise<Summary> {

@@ -78,7 +78,8 @@ async function measure(adminUrl: string) {
       deliveriesDrain(adminUrl, DELIVERIES, replicas),
     );
   }
-  await step("idle.reactor", () => reactorIdle(adminUrl, IDLE_SECONDS));
+  await step("idle.reactor", () => reactorIdle(adminUrl, IDLE_SECONDS, false));
+  await step("idle.withShipStation", () => reactorIdle(adminUrl, IDLE_SECONDS, true));
   await step("memory.replica", () => replicaMemory(adminUrl, MEMORY_BACKLOG));
   await step("config.propagation", () => configPropagation(adminUrl, CONFIG_CHANGES));
   await step("triggers.cost", () => triggerCost(adminUrl, TRIGGER_SECONDS, TRIGGER_REPEATS));

@@ -38,6 +38,10 @@ export interface DrainerOptions<Row extends ClaimedRow> {
 }
 
 export type DrainerEvent =
+  /** A wake-up arrived (the first step of pickup, for the bench's stage timings). */
+  | { type: "woken"; workload: string; reason: WakeReason }
+  /** A claim is about to be sent. */
+  | { type: "claiming"; workload: string }
   /** Rows claimed and about to be handed to the handler. */
   | { type: "claimed"; workload: string; ids: number[] }
   /** Outcomes recorded in the table. */
@@ -201,6 +205,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   function wake(reason: WakeReason) {
     if (stopping) return;
     metrics.wakeups.inc({ ...label, reason });
+    options.onEvent?.({ type: "woken", workload: workload.name, reason });
     state.lastWakeAt = new Date();
     // A timer drain takes only what is due by now; later rows need the next timer,
     // which the stats query at the end of the drain arms.
@@ -377,6 +382,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
         }
         if (want > 0) {
           const excluded = workload.excludedKeys?.(waiting) ?? [];
+          options.onEvent?.({ type: "claiming", workload: workload.name });
           const claimed = await workload.queue.claim(owner, {
             limit: want,
             leaseSeconds: options.leaseSeconds(),
