@@ -7,8 +7,8 @@ import type { Pool } from "../db/pool.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import type { Drainer } from "./drainer.js";
-import type { Listener } from "./listener.js";
 import { toStats } from "./lease-queue.js";
+import type { Listener } from "./listener.js";
 import { type LiveSettings, SETTINGS_ROWS_SQL, type SettingRow } from "./settings.js";
 import type { Workload } from "./workload.js";
 
