@@ -71,7 +71,11 @@ export const SHUTDOWN_GRACE_MS = 20_000;
 export function makeApp(options: AppOptions): App {
   const { env, logger } = options;
   const metrics = makeMetrics();
-  const pool = makePool(options.databaseUrl, logger);
+  // LISTEN_DATABASE_URL set apart from DATABASE_URL means a pooler stands in front of
+  // the pool (the README's PgBouncer recipe): its statements stay unnamed there.
+  const pool = makePool(options.databaseUrl, logger, {
+    direct: !env.listenDatabaseUrl || env.listenDatabaseUrl === options.databaseUrl,
+  });
   const settings = makeLiveSettings(pool, SETTINGS, logger, metrics);
   settings.onChange((changes) => {
     const level = changes.find((c) => c.name === "log_level");

@@ -3,7 +3,8 @@
 // matches one row; a finalize that filtered on it chose a nested loop comparing every
 // row of a 1,600-row batch with every other (2.5 million comparisons, 1.5 s instead of
 // 20 ms). These tests read the executed plan (EXPLAIN ANALYZE, rolled back) with such
-// statistics in place and fail if any join compares more rows than it keeps.
+// statistics in place and fail if any join compares more rows than it keeps. Their
+// commits do not wait for the WAL flush (a forgotten claim or finalize reruns the row).
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { newSecret } from "../src/demo/receiver.js";
@@ -119,5 +120,45 @@ describe("claim and finalize plans", () => {
       [TABLE_ROWS],
     );
     await checkQueue(db, makeDeliveriesQueue, "webhook_deliveries");
+  });
+});
+
+describe("claim and finalize commits", () => {
+  let db: TestDatabase;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  it("do not wait for the WAL flush; the session's other statements keep the server's setting", async () => {
+    await insertOrders(db.pool, 3);
+    const client = await db.pool.connect();
+    try {
+      const setting = async () =>
+        (await client.query("SHOW synchronous_commit")).rows[0].synchronous_commit;
+      const server = await setting();
+      expect(server).not.toBe("off");
+      // The statements run inside a transaction here, so the setting they make is visible.
+      const queue = makeOrdersQueue(client as unknown as pg.Pool);
+      await client.query("BEGIN");
+      const rows = await queue.claim("sync-test", { limit: 3, leaseSeconds: 60, maxAttempts: 5 });
+      expect(rows).toHaveLength(3);
+      expect(await setting()).toBe("off");
+      await client.query("COMMIT");
+      expect(await setting()).toBe(server);
+      await client.query("BEGIN");
+      const result = await queue.finalize(
+        "sync-test",
+        rows.map((r) => ({ id: r.id, kind: "success" as const })),
+      );
+      expect(result.done).toHaveLength(3);
+      expect(await setting()).toBe("off");
+      await client.query("COMMIT");
+      expect(await setting()).toBe(server);
+    } finally {
+      client.release();
+    }
   });
 });

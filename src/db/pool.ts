@@ -11,7 +11,23 @@ export type Pool = pg.Pool;
 export interface PoolOptions {
   max?: number;
   applicationName?: string;
+  /**
+   * The pool reaches PostgreSQL directly (no transaction-mode pooler between), so the
+   * hot statements may be named, prepared once per connection (see canPrepare).
+   */
+  direct?: boolean;
 }
+
+/** Pools whose connections are the server's own sessions. */
+const directPools = new WeakSet<object>();
+
+/**
+ * Whether statements on this pool may be prepared by name. Only where the connection is
+ * a real session: PgBouncer in transaction mode (1.18, as Debian ships it) hands the next
+ * statement to another server connection that never saw the PREPARE. The claim and the
+ * finalize are planned once instead of at every call, about 0.5-1.5 ms each.
+ */
+export const canPrepare = (pool: object): boolean => directPools.has(pool);
 
 /** A connection attempt that gets no answer is an error after this long. */
 export const CONNECT_TIMEOUT_MS = 5_000;
@@ -39,5 +55,6 @@ export function makePool(url: string, logger: Logger, options: PoolOptions = {})
     keepAlive: true,
   });
   pool.on("error", (err) => logger.warn({ err: err.message }, "idle database connection lost"));
+  if (options.direct) directPools.add(pool);
   return pool;
 }
