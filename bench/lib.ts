@@ -57,7 +57,8 @@ export async function xactCommits(client: pg.Client): Promise<number> {
 
 /**
  * Queries per hour while idle, from the server's own commit counter. Backends report
- * lazily (up to ~10 s late), so it settles first; our own two reads are subtracted.
+ * lazily (up to ~10 s late), and a reactor's first safety poll (at 30 s) also runs the
+ * hourly retention, so it settles 40 s first; our own two reads are subtracted.
  */
 export async function idlePerHour(
   url: string,
@@ -65,7 +66,7 @@ export async function idlePerHour(
 ): Promise<{ seconds: number; transactions: number; perHour: number }> {
   const c = new pg.Client({ connectionString: url });
   await c.connect();
-  await sleep(15_000);
+  await sleep(40_000);
   const x0 = await xactCommits(c);
   await sleep(seconds * 1000);
   const x1 = await xactCommits(c);

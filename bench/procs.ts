@@ -46,6 +46,7 @@ export function buildChildren(): Promise<void> {
         "node",
         "bench/replica-child.ts",
         "bench/receiver-child.ts",
+        "bench/pickup-child.ts",
       ],
       { cwd: ROOT },
     );
@@ -59,7 +60,7 @@ export function buildChildren(): Promise<void> {
 }
 
 /** Arguments that run a compiled bench child (`replica-child` or `receiver-child`). */
-export const benchChild = (name: "replica-child" | "receiver-child") => [
+export const benchChild = (name: "replica-child" | "receiver-child" | "pickup-child") => [
   `${CHILDREN_DIR}/bench/${name}.js`,
 ];
 

@@ -2,7 +2,6 @@
 // (no-op handler, ShipStation fake, webhook receiver) with each replica in a process of
 // its own and the receiver in another, idle cost and config propagation.
 import { cpus } from "node:os";
-import { monitorEventLoopDelay } from "node:perf_hooks";
 import pg from "pg";
 import type { App } from "../src/app.js";
 import { startFakeShipStation } from "../src/demo/fake-shipstation.js";
@@ -66,29 +65,54 @@ type Pickup = {
   handler: Summary;
   target: Summary;
   stages: Record<string, Summary>;
-  /** The bench process's event-loop delay during the samples (ms), which the reactor shares. */
+  /** The reactor process's event-loop delay over the samples (ms). */
   eventLoopDelay: { p50: number; p99: number; max: number };
 };
 
+/** Epoch milliseconds with sub-millisecond precision: one clock for the bench and its children. */
+const clock = () => performance.timeOrigin + performance.now();
+
 /**
- * A reactor that records, on the bench's clock, when its drainers were woken, sent a
- * claim, and claimed which row ids (the handler starts on the same tick as the claim).
+ * The service in a process of its own (bench/pickup-child.ts, compiled), reporting when
+ * `workload`'s drainer was woken, sent a claim, and claimed which row ids (the handler
+ * starts on the same tick as the claim), on the shared clock.
  */
-async function startRecordingReactor(url: string, shipstationUrl?: string) {
+async function startRecordingReactor(url: string, workload: string, shipstationUrl?: string) {
+  await buildChildren();
   const claimed = new Map<number, number>();
   const woken: number[] = [];
   const claiming: number[] = [];
-  const app = await startReactor({
-    databaseUrl: url,
-    shipstationUrl,
-    onDrainerEvent: (e) => {
-      const now = performance.now();
-      if (e.type === "claimed") for (const id of e.ids) claimed.set(id, now);
-      else if (e.type === "woken" && (e.reason === "notify" || e.reason === "wal")) woken.push(now);
-      else if (e.type === "claiming") claiming.push(now);
+  const child = spawnChild(
+    "pickup reactor",
+    benchChild("pickup-child"),
+    {
+      DATABASE_URL: url,
+      SHIPSTATION_BASE_URL: shipstationUrl ?? "http://127.0.0.1:9",
+      SHIPSTATION_API_KEY: "bench-key",
+      SHIPSTATION_API_SECRET: "bench-secret",
+      // The SSRF guard stays on; the bench's receivers listen on loopback.
+      WEBHOOK_ALLOWED_NETWORKS: "127.0.0.1/32",
+      HTTP_PORT: "0",
+      INSTANCE_ID: "pickup",
     },
+    { ipc: true },
+  );
+  child.listen((said) => {
+    if (said.workload !== workload) return;
+    const at = Number(said.at);
+    if (said.type === "claimed") for (const id of said.ids as number[]) claimed.set(id, at);
+    else if (said.type === "woken" && (said.reason === "notify" || said.reason === "wal"))
+      woken.push(at);
+    else if (said.type === "claiming") claiming.push(at);
   });
-  return { app, marks: { claimed, woken, claiming } };
+  await child.when((s) => s.type === "ready", "ready", READY_TIMEOUT_MS);
+  const eventLoopDelay = async () => {
+    const asked = child.when((s) => s.type === "eventLoopDelay", "event-loop delay", 10_000);
+    child.send({ type: "eventLoopDelay" });
+    const { p50, p99, max } = (await asked) as { p50: number; p99: number; max: number };
+    return { p50, p99, max };
+  };
+  return { child, marks: { claimed, woken, claiming }, eventLoopDelay };
 }
 type Marks = Awaited<ReturnType<typeof startRecordingReactor>>["marks"];
 
@@ -106,7 +130,7 @@ async function measurePickup(
   samples: number,
   marks: Marks,
   insert: (i: number) => Promise<{ rowId: number; committedAt: number; arrived: () => boolean }>,
-): Promise<Omit<Pickup, "wakeSource">> {
+): Promise<Omit<Pickup, "wakeSource" | "eventLoopDelay">> {
   const handler: number[] = [];
   const target: number[] = [];
   const stage = {
@@ -115,12 +139,10 @@ async function measurePickup(
     wakeToClaimSent: [] as number[],
     claimRoundTrip: [] as number[],
   };
-  const eld = monitorEventLoopDelay({ resolution: 1 });
-  eld.enable();
   for (let i = 0; i < samples; i++) {
     marks.woken.length = 0;
     marks.claiming.length = 0;
-    const t0 = performance.now();
+    const t0 = clock();
     const { rowId, committedAt, arrived } = await insert(i);
     await until(() => marks.claimed.has(rowId));
     const claimedAt = marks.claimed.get(rowId) as number;
@@ -132,17 +154,14 @@ async function measurePickup(
     stage.wakeToClaimSent.push(claimSentAt - wokenAt);
     stage.claimRoundTrip.push(claimedAt - claimSentAt);
     await until(arrived);
-    target.push(performance.now() - t0);
+    target.push(clock() - t0);
   }
-  eld.disable();
-  const ms = (ns: number) => Number((ns / 1e6).toFixed(3));
   return {
     handler: summary(handler),
     target: summary(target),
     stages: Object.fromEntries(
       Object.entries(stage).map(([k, v]) => [k, summary(v.filter((x) => Number.isFinite(x)))]),
     ),
-    eventLoopDelay: { p50: ms(eld.percentile(50)), p99: ms(eld.percentile(99)), max: ms(eld.max) },
   };
 }
 
@@ -164,8 +183,8 @@ export async function uploadPickup(
     await setWakeSource(url, "wal");
   }
   const fake = await startFakeShipStation();
-  const { app, marks } = await startRecordingReactor(url, fake.url);
-  if (mode === "wal") await until(() => app.reactor.wal.state().connected, 30_000);
+  const reactor = await startRecordingReactor(url, "uploads", fake.url);
+  const { marks } = reactor;
   const db = new pg.Client({ connectionString: url });
   await db.connect();
   const result = await measurePickup(samples, marks, async (i) => {
@@ -174,13 +193,14 @@ export async function uploadPickup(
       "INSERT INTO orders_inbox (order_number, order_key, payload) VALUES ($1, $1, $2) RETURNING id",
       [key, PAYLOAD],
     );
-    const committedAt = performance.now();
+    const committedAt = clock();
     return { rowId: Number(rows[0].id), committedAt, arrived: () => fake.received.has(key) };
   });
-  await app.stop(1_000);
+  const eventLoopDelay = await reactor.eventLoopDelay();
+  await reactor.child.stop();
   await db.end();
   await fake.close();
-  return { wakeSource: mode, ...result };
+  return { wakeSource: mode, ...result, eventLoopDelay };
 }
 
 export async function deliveryPickup(adminUrl: string, samples: number): Promise<Pickup> {
@@ -192,13 +212,13 @@ export async function deliveryPickup(adminUrl: string, samples: number): Promise
     `${receiver.url}/hook`,
     newSecret(),
   ]);
-  const { app, marks } = await startRecordingReactor(url);
-  const result = await measurePickup(samples, marks, async (i) => {
+  const reactor = await startRecordingReactor(url, "deliveries");
+  const result = await measurePickup(samples, reactor.marks, async (i) => {
     const { rows } = await db.query(
       "INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload) VALUES ('o', $1, 'order.created', '{}') RETURNING id",
       [String(i)],
     );
-    const committedAt = performance.now();
+    const committedAt = clock();
     const eventId = rows[0].id;
     // The trigger made the delivery row in the same transaction; the claim is on its id.
     const d = await db.query("SELECT id FROM webhook_deliveries WHERE event_id = $1", [eventId]);
@@ -208,10 +228,11 @@ export async function deliveryPickup(adminUrl: string, samples: number): Promise
       arrived: () => receiver.delivered.has(eventId),
     };
   });
-  await app.stop(1_000);
+  const eventLoopDelay = await reactor.eventLoopDelay();
+  await reactor.child.stop();
   await db.end();
   await receiver.close();
-  return { wakeSource: "notify", ...result };
+  return { wakeSource: "notify", ...result, eventLoopDelay };
 }
 
 /** A child must be ready (listening, settings read) within this long. */

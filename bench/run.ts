@@ -25,7 +25,7 @@ const env = (name: string, fallback: number) => Number(process.env[name] ?? fall
 const SAMPLES = env("BENCH_SAMPLES", 1000);
 const DRAIN = env("BENCH_DRAIN", 20_000);
 const DELIVERIES = env("BENCH_DELIVERIES", 10_000);
-const IDLE_SECONDS = env("BENCH_IDLE_SECONDS", 60);
+const IDLE_SECONDS = env("BENCH_IDLE_SECONDS", 120);
 const CONFIG_CHANGES = env("BENCH_CONFIG_CHANGES", 200);
 const TRIGGER_SECONDS = env("BENCH_TRIGGER_SECONDS", 5);
 const MEMORY_BACKLOG = env("BENCH_MEMORY_BACKLOG", 100_000);
