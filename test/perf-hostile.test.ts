@@ -3,8 +3,8 @@
 // before the finalize commits, fair endpoint shares, the ping that rides on the safety
 // poll, prepared claim/finalize statements, and the finalize's primary-key lock probe.
 // Real PostgreSQL, real HTTP receivers on 127.0.0.1, a real PgBouncer for the pooled path.
-// Tests marked `it.fails` demonstrate a defect (the comment above each says which); the
-// file passes while the defect is there.
+// Four tests began as defects this review found (the comments marked "Was a defect" say
+// what happened before the fix); they now hold.
 import type pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from "vitest";
 import type { App } from "../src/app.js";
@@ -185,12 +185,12 @@ describe("claim-ahead, shares and finalize against real receivers", () => {
     expect((await deliveries(db.pool, sub)).every((r) => r.attempts === 1)).toBe(true);
   });
 
-  // DEFECT: a 410 Gone disables the subscription and cancels its pending deliveries, but
+  // Was a defect (fixed): a 410 Gone disables the subscription and cancels its pending deliveries, but
   // only those not leased. Rows this replica claimed ahead (up to 8 x delivery_concurrency
   // + the share) are leased, so they are not cancelled: each is POSTed to the gone
   // endpoint in turn (a 410 does not mark the endpoint failing), and each gets 410 again.
   // Before claim-ahead at most the requests in flight (delivery_concurrency) were sent.
-  it.fails("410 Gone: no request goes to the gone endpoint beyond those already in flight", async () => {
+  it("410 Gone: no request goes to the gone endpoint beyond those already in flight", async () => {
     await setSetting(db.pool, "delivery_concurrency", "2");
     const sub = await subscribe(db.pool, `${fast.url}/gone`);
     fast.fallback = { status: 410 };
@@ -203,12 +203,12 @@ describe("claim-ahead, shares and finalize against real receivers", () => {
     expect(fast.requests.length).toBeLessThanOrEqual(2);
   });
 
-  // DEFECT: an operator disables a subscription (or changes its url or secret) while this
+  // Was a defect (fixed): an operator disables a subscription (or changes its url or secret) while this
   // replica holds its rows claimed ahead. Claimed rows carry the subscription as it was at
   // claim time (subscription_enabled, url, secret), so every waiting row is still sent,
   // one slow request after another, long after the UPDATE committed. Before claim-ahead
   // only the requests already in flight went out.
-  it.fails("a subscription disabled while its rows wait: nothing more is sent to it", async () => {
+  it("a subscription disabled while its rows wait: nothing more is sent to it", async () => {
     await setSetting(db.pool, "delivery_concurrency", "1");
     const sub = await subscribe(db.pool, `${slow.url}/hook`);
     slow.fallback = { status: 200, delayMs: 400 };
@@ -230,7 +230,7 @@ describe("claim-ahead, shares and finalize against real receivers", () => {
     expect(sentAfter).toBe(0);
   });
 
-  // DEFECT: a new endpoint starves behind a slow (but successful) one. One endpoint alone
+  // Was a defect (fixed): a new endpoint starves behind a slow (but successful) one. One endpoint alone
   // holds every slot plus 8 x concurrency rows claimed ahead; no claim runs while more
   // than half of those wait (free = 0, waiting * 2 > ahead), and when one does, the slow
   // endpoint is not excluded (its threshold is fair + ahead) and the claim takes the
@@ -238,7 +238,7 @@ describe("claim-ahead, shares and finalize against real receivers", () => {
   // 1.5 s per slow request, 30 slow rows): the fast endpoint's event waited 13.6 s,
   // behind 19 slow requests, i.e. behind nearly the whole slow backlog. Before, the
   // newcomer had half the slots at once.
-  it.fails("a fast endpoint's event is sent within about one slow request while a slow endpoint is busy", async () => {
+  it("a fast endpoint's event is sent within about one slow request while a slow endpoint is busy", async () => {
     await setSetting(db.pool, "delivery_concurrency", "2");
     await subscribe(db.pool, `${slow.url}/hook`, { eventTypes: ["slow.*"] });
     await subscribe(db.pool, `${fast.url}/hook`, { eventTypes: ["fast.*"] });
@@ -473,7 +473,7 @@ describe("through PgBouncer in transaction mode", () => {
   // "drain failed; backing off" with nothing that names PgBouncer or LISTEN_DATABASE_URL.
   // The work still gets done (a failed query's connection is discarded, and the poll
   // sweeps), which hides the cause further.
-  it.fails("misconfigured (DATABASE_URL through PgBouncer, LISTEN_DATABASE_URL unset): any error names the cause", async (ctx) => {
+  it("misconfigured (DATABASE_URL through PgBouncer, LISTEN_DATABASE_URL unset): any error names the cause", async (ctx) => {
     skipWithoutPgbouncer(ctx, bouncer);
     await setSetting(misDb.pool, "poll_interval_seconds", "1");
     const sub = await subscribe(misDb.pool, `${receiver.url}/hook`);

@@ -29,6 +29,20 @@ const directPools = new WeakSet<object>();
  */
 export const canPrepare = (pool: object): boolean => directPools.has(pool);
 
+/**
+ * A named statement failed as only a transaction-mode pooler makes it fail (it exists
+ * already, or not at all, on the server connection we were handed): the pool is not
+ * direct after all. From now on its statements are unnamed; the error says why.
+ */
+export function preparedStatementTrouble(pool: object, err: unknown): Error | null {
+  const code = (err as { code?: string }).code;
+  if (!directPools.has(pool) || (code !== "42P05" && code !== "26000")) return null;
+  directPools.delete(pool);
+  return new Error(
+    `${(err as Error).message}: DATABASE_URL looks like a transaction-mode pooler (PgBouncer), which shares server connections, so named statements cannot be used; the reactor now sends them unnamed. Set LISTEN_DATABASE_URL to the server itself (LISTEN needs it too; see the README, PgBouncer)`,
+  );
+}
+
 /** A connection attempt that gets no answer is an error after this long. */
 export const CONNECT_TIMEOUT_MS = 5_000;
 /**

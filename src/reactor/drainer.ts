@@ -355,6 +355,9 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     let retryAfterUnit = false;
     try {
       while (!stopping) {
+        // New rows were announced: claim even with every unit busy (below), so another
+        // key's rows are seen at once rather than after the rows held here run out.
+        const announced = again;
         if (again) exhausted = false;
         again = false;
         if (!workload.enabled()) {
@@ -376,12 +379,19 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
         // With units free after startWaiting, every row still waiting is held back by
         // the workload: claim for the free units (other keys) plus the rows held ahead.
         // With none free, top the rows held ahead up once they are half used.
+        // Announced rows with the units busy and enough held: a claim for one round of
+        // units, of keys that hold nothing ahead here (the workload's excludedKeys).
+        let aheadAllowed = ahead;
         if (!exhausted) {
           if (free > 0) want = free * workload.unitSize() + ahead;
           else if (waiting.length * 2 <= ahead) want = ahead - waiting.length;
+          else if (announced && workload.excludedKeys) {
+            want = workload.concurrency() * workload.unitSize();
+            aheadAllowed = 0;
+          }
         }
         if (want > 0) {
-          const excluded = workload.excludedKeys?.(waiting) ?? [];
+          const excluded = workload.excludedKeys?.(waiting, aheadAllowed) ?? [];
           options.onEvent?.({ type: "claiming", workload: workload.name });
           const claimed = await workload.queue.claim(owner, {
             limit: want,
@@ -412,8 +422,10 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
               ids: rows.map((r) => r.id),
             });
             metrics.claimed.inc(label, rows.length);
+            const claimedAt = Date.now();
             for (const row of rows) {
               inFlight.add(row.id);
+              row.claimedAt = claimedAt;
               metrics.pickupLatency.observe(label, row.pickup_lag);
             }
             metrics.inFlight.set(label, inFlight.size);

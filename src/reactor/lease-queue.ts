@@ -8,7 +8,7 @@
 // (canPrepare); through PgBouncer in transaction mode, where a prepared statement may live
 // on another server connection, every statement is unnamed.
 import pg from "pg";
-import { canPrepare, type Pool } from "../db/pool.js";
+import { canPrepare, type Pool, preparedStatementTrouble } from "../db/pool.js";
 import { scheduledDelayMs } from "./backoff.js";
 
 /** How a work table spells the shared columns. All work tables have bigint ids. */
@@ -118,6 +118,8 @@ export interface ClaimedRow {
   attempts: number;
   /** Seconds from the row becoming due to this claim. */
   pickup_lag: number;
+  /** When this process claimed the row (epoch ms), set by the drainer. */
+  claimedAt?: number;
   /** The version column's value at claim time, compared at finalize. */
   claim_version: unknown;
   /**
@@ -338,7 +340,6 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
       min(greatest(next_attempt_at, coalesce(locked_until, next_attempt_at))) AS next_due_at
     FROM ${t} WHERE ${state} = ${pending}`;
 
-  const prepared = canPrepare(pool);
   // Claim-time versions of rows in flight, as text so timestamps keep their microseconds.
   const versions = new Map<number, string | null>();
   const ids = (rows: Array<{ id: string | number }>) => rows.map((r) => Number(r.id));
@@ -355,12 +356,16 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
         CLAIM_MAX_BYTES,
         ...(spec.excludeColumn ? [options.exclude ?? []] : []),
       ];
-      const { rows } = await pool.query<Row>({
-        ...(prepared ? { name: `pgr_claim_${spec.table}` } : {}),
-        text: claimSql,
-        values: params,
-        types: rawJsonTypes,
-      });
+      const { rows } = await pool
+        .query<Row>({
+          ...(canPrepare(pool) ? { name: `pgr_claim_${spec.table}` } : {}),
+          text: claimSql,
+          values: params,
+          types: rawJsonTypes,
+        })
+        .catch((err: unknown) => {
+          throw preparedStatementTrouble(pool, err) ?? err;
+        });
       for (const row of rows) {
         // bigint arrives as a string; ids stay far below 2^53.
         row.id = Number(row.id);
@@ -384,11 +389,15 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
           outcomes.map((o) => ("extra" in o ? (o.extra?.[c.name] ?? null) : null)),
         ),
       ];
-      const res = await pool.query<{ id: string }>({
-        ...(prepared ? { name: `pgr_finalize_${spec.table}` } : {}),
-        text: finalizeSql,
-        values: params,
-      });
+      const res = await pool
+        .query<{ id: string }>({
+          ...(canPrepare(pool) ? { name: `pgr_finalize_${spec.table}` } : {}),
+          text: finalizeSql,
+          values: params,
+        })
+        .catch((err: unknown) => {
+          throw preparedStatementTrouble(pool, err) ?? err;
+        });
       const done = ids(res.rows);
       for (const id of done) versions.delete(id);
       if (done.length === all.length) return { done, locked: [], lost: [] };

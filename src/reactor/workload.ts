@@ -64,9 +64,10 @@ export interface Workload<Row extends ClaimedRow = ClaimedRow> {
   admit?(row: Row, waiting: readonly Row[]): boolean;
   /**
    * Keys (the queue's excludeColumn) not to claim right now, given the rows claimed and
-   * waiting: endpoints that already hold their share here.
+   * waiting: endpoints that already hold their share here. `ahead` is how many rows this
+   * claim may hold beyond the free units (0 for a claim that looks for other keys).
    */
-  excludedKeys?(waiting: readonly Row[]): number[];
+  excludedKeys?(waiting: readonly Row[], ahead: number): number[];
   /** Epoch ms before which nothing should be claimed (a rate limit, a credentials back-off), or 0. */
   pausedUntil(): number;
   /** Why the workload is paused, while pausedUntil() is in the future. */

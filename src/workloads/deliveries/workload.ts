@@ -103,6 +103,28 @@ export class EndpointShares {
   }
 }
 
+/** A row that starts this long after its claim re-reads its subscription first. */
+const FRESH_FOR_MS = 100;
+/** Rows of one endpoint starting within this window share one read. */
+const SHARED_READ_MS = 20;
+
+type SubscriptionNow = Pick<
+  ClaimedDelivery,
+  "url" | "secret" | "previous_secret" | "subscription_enabled" | "disabled_reason"
+>;
+
+/** A subscription's sending state now (as the claim reads it), or null if it is gone. */
+async function readSubscription(pool: Pool, id: number): Promise<SubscriptionNow | null> {
+  const { rows } = await pool.query<SubscriptionNow>(
+    `SELECT url, secret, enabled AS subscription_enabled, disabled_reason,
+       CASE WHEN previous_secret_expires_at IS NULL OR previous_secret_expires_at > now()
+         THEN previous_secret END AS previous_secret
+     FROM webhook_subscriptions WHERE id = $1`,
+    [id],
+  );
+  return rows[0] ?? null;
+}
+
 function clampRetryAfter(ms: number): number {
   return Math.min(RETRY_AFTER_MAX_MS, Math.max(RETRY_AFTER_MIN_MS, ms));
 }
@@ -116,8 +138,46 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
   // claim round trip, and claims come in batches although each unit is one request.
   const claimAhead = () => settings.delivery_concurrency * 8;
   let lastRetention = 0;
+  // Endpoints that answered 410, and when: their rows claimed before then are cancelled
+  // without another request (rows claimed later saw the subscription disabled).
+  const gone = new Map<number, { at: number; reason: string }>();
+  // The subscription as it is now, for rows that waited here (see current()).
+  const fresh = new Map<number, { at: number; sub: Promise<SubscriptionNow | null> }>();
 
-  async function deliver(row: ClaimedDelivery): Promise<Outcome> {
+  /**
+   * A row that waited here after its claim is sent with its subscription as it is now,
+   * not as it was at the claim: an operator's disable, new URL or rotated secret applies
+   * to every request that starts after it committed. One primary-key read per endpoint,
+   * shared by rows that start together.
+   */
+  async function current(row: ClaimedDelivery): Promise<ClaimedDelivery | null> {
+    if (row.claimedAt === undefined || Date.now() - row.claimedAt < FRESH_FOR_MS) return row;
+    const id = Number(row.subscription_id);
+    let entry = fresh.get(id);
+    if (!entry || entry.at < Date.now() - SHARED_READ_MS) {
+      if (fresh.size > 1000) fresh.clear();
+      entry = { at: Date.now(), sub: readSubscription(options.pool, id) };
+      fresh.set(id, entry);
+      entry.sub.catch(() => fresh.delete(id));
+    }
+    const sub = await entry.sub;
+    return sub ? { ...row, ...sub } : null;
+  }
+
+  async function deliver(claimed: ClaimedDelivery): Promise<Outcome> {
+    const endpoint = Number(claimed.subscription_id);
+    const wentAway = gone.get(endpoint);
+    if (wentAway && (claimed.claimedAt ?? 0) <= wentAway.at) {
+      return { id: claimed.id, kind: "cancel", error: `cancelled: ${wentAway.reason}` };
+    }
+    const row = await current(claimed);
+    if (!row) {
+      return {
+        id: claimed.id,
+        kind: "cancel",
+        error: `cancelled: subscription ${claimed.subscription_id} was deleted`,
+      };
+    }
     if (!row.subscription_enabled) {
       return {
         id: row.id,
@@ -170,7 +230,6 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
       ...label,
       class: statusClass("status" in result ? result.status : null),
     });
-    const endpoint = Number(row.subscription_id);
     if (result.kind === "failed") shares.failing.add(endpoint);
     else shares.failing.delete(endpoint);
     // A receiver's error text is stored and shown: never with a secret in it.
@@ -180,6 +239,7 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
         return { id: row.id, kind: "success", extra: { last_status: result.status } };
       case "gone": {
         const reason = `endpoint answered 410 Gone at ${new Date().toISOString()}`;
+        gone.set(endpoint, { at: Date.now(), reason });
         const cancelled = await disableGoneSubscription(options.pool, row.subscription_id, reason);
         log.warn(
           { subscriptionId: row.subscription_id, cancelled },
@@ -229,7 +289,7 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
     pausedUntil: () => 0,
     claimAhead,
     admit: (row, waiting) => shares.admit(Number(row.subscription_id), waiting),
-    excludedKeys: (waiting) => shares.excluded(waiting, claimAhead()),
+    excludedKeys: (waiting, ahead) => shares.excluded(waiting, ahead),
     async process(rows) {
       return Promise.all(
         rows.map(async (row): Promise<Outcome> => {
