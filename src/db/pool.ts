@@ -34,9 +34,10 @@ export const canPrepare = (pool: object): boolean => directPools.has(pool);
  * already, or not at all, on the server connection we were handed): the pool is not
  * direct after all. From now on its statements are unnamed; the error says why.
  */
-export function preparedStatementTrouble(pool: object, err: unknown): Error | null {
+export function preparedStatementTrouble(pool: object, err: unknown, named: boolean): Error | null {
   const code = (err as { code?: string }).code;
-  if (!directPools.has(pool) || (code !== "42P05" && code !== "26000")) return null;
+  // `named`: this statement was sent by name (another one may have turned names off since).
+  if (!named || (code !== "42P05" && code !== "26000")) return null;
   directPools.delete(pool);
   return new Error(
     `${(err as Error).message}: DATABASE_URL looks like a transaction-mode pooler (PgBouncer), which shares server connections, so named statements cannot be used; the reactor now sends them unnamed. Set LISTEN_DATABASE_URL to the server itself (LISTEN needs it too; see the README, PgBouncer)`,

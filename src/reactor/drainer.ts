@@ -22,6 +22,8 @@ const STATS_EVERY_MS = 5_000;
 const HELD_STATS_EVERY_MS = 1_000;
 /** A lease renewal that missed rows (locked by an app, or an error) is tried again this soon. */
 const RENEW_RETRY_MS = 1_000;
+/** A waiting row is not started within this much of its lease's end. */
+const LEASE_MARGIN_MS = 1_000;
 /** Finished units whose results may wait to be recorded before no new unit starts. */
 const MAX_RECORDING_UNITS = 4;
 /** Progress is logged as one summary line at most this often while work flows. */
@@ -104,6 +106,12 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   let recordingRows = 0;
   /** Claimed rows not yet handed to a unit (they are in inFlight too, and leased). */
   const waiting: Row[] = [];
+  /**
+   * When each held row's lease ends, as far as this process knows (claim or last renewal,
+   * on its own clock). A waiting row whose lease may have ended is not started: another
+   * replica may have it now (renewals failed, say, through a database outage).
+   */
+  const leaseEnds = new Map<number, number>();
   const state = {
     lastWakeAt: null as Date | null,
     lastWakeReason: null as WakeReason | null,
@@ -119,7 +127,10 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   let heldStatsTimer: NodeJS.Timeout | null = null;
 
   function leaveFlight(ids: number[]) {
-    for (const id of ids) inFlight.delete(id);
+    for (const id of ids) {
+      inFlight.delete(id);
+      leaseEnds.delete(id);
+    }
     metrics.inFlight.set(label, inFlight.size);
   }
 
@@ -191,7 +202,10 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
     let next: number | undefined;
     try {
       const ids = [...inFlight];
+      const sentAt = Date.now();
       const renewed = await workload.queue.renew(owner, ids, options.leaseSeconds());
+      const until = sentAt + options.leaseSeconds() * 1000;
+      for (const id of renewed) if (leaseEnds.has(id)) leaseEnds.set(id, until);
       if (renewed.length < ids.filter((id) => inFlight.has(id)).length) next = RENEW_RETRY_MS;
     } catch (err) {
       next = RENEW_RETRY_MS;
@@ -327,6 +341,7 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
    * rows the workload does not admit yet (they wait; later rows may start).
    */
   function startWaiting() {
+    dropExpiredWaiting();
     const size = workload.unitSize();
     while (waiting.length > 0 && freeSlots() > 0) {
       const unit: Row[] = [];
@@ -338,6 +353,21 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
       if (unit.length === 0) return;
       startUnit(unit);
     }
+  }
+
+  /** Forgets waiting rows whose lease may have ended: never sent by two replicas. */
+  function dropExpiredWaiting() {
+    const now = Date.now() + LEASE_MARGIN_MS;
+    const expired = waiting.filter((r) => (leaseEnds.get(r.id) ?? Number.POSITIVE_INFINITY) < now);
+    if (expired.length === 0) return;
+    const ids = new Set(expired.map((r) => r.id));
+    waiting.splice(0, waiting.length, ...waiting.filter((r) => !ids.has(r.id)));
+    workload.queue.forget([...ids]);
+    leaveFlight([...ids]);
+    log.warn(
+      { rows: ids.size },
+      "claimed rows waited past their lease without a renewal; left to whoever claims them next",
+    );
   }
 
   /** Gives the claimed rows not yet started back, due at `at`, without using an attempt. */
@@ -423,9 +453,11 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
             });
             metrics.claimed.inc(label, rows.length);
             const claimedAt = Date.now();
+            const leaseEnd = claimedAt + options.leaseSeconds() * 1000;
             for (const row of rows) {
               inFlight.add(row.id);
               row.claimedAt = claimedAt;
+              leaseEnds.set(row.id, leaseEnd);
               metrics.pickupLatency.observe(label, row.pickup_lag);
             }
             metrics.inFlight.set(label, inFlight.size);

@@ -356,15 +356,16 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
         CLAIM_MAX_BYTES,
         ...(spec.excludeColumn ? [options.exclude ?? []] : []),
       ];
+      const named = canPrepare(pool);
       const { rows } = await pool
         .query<Row>({
-          ...(canPrepare(pool) ? { name: `pgr_claim_${spec.table}` } : {}),
+          ...(named ? { name: `pgr_claim_${spec.table}` } : {}),
           text: claimSql,
           values: params,
           types: rawJsonTypes,
         })
         .catch((err: unknown) => {
-          throw preparedStatementTrouble(pool, err) ?? err;
+          throw preparedStatementTrouble(pool, err, named) ?? err;
         });
       for (const row of rows) {
         // bigint arrives as a string; ids stay far below 2^53.
@@ -389,14 +390,15 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
           outcomes.map((o) => ("extra" in o ? (o.extra?.[c.name] ?? null) : null)),
         ),
       ];
+      const named = canPrepare(pool);
       const res = await pool
         .query<{ id: string }>({
-          ...(canPrepare(pool) ? { name: `pgr_finalize_${spec.table}` } : {}),
+          ...(named ? { name: `pgr_finalize_${spec.table}` } : {}),
           text: finalizeSql,
           values: params,
         })
         .catch((err: unknown) => {
-          throw preparedStatementTrouble(pool, err) ?? err;
+          throw preparedStatementTrouble(pool, err, named) ?? err;
         });
       const done = ids(res.rows);
       for (const id of done) versions.delete(id);

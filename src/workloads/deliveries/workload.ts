@@ -141,6 +141,9 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
   // Endpoints that answered 410, and when: their rows claimed before then are cancelled
   // without another request (rows claimed later saw the subscription disabled).
   const gone = new Map<number, { at: number; reason: string }>();
+  // Endpoints that answered 429, and until when: their waiting rows go back until then
+  // without a request (and without using an attempt).
+  const throttledUntil = new Map<number, number>();
   // The subscription as it is now, for rows that waited here (see current()).
   const fresh = new Map<number, { at: number; sub: Promise<SubscriptionNow | null> }>();
 
@@ -170,6 +173,9 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
     if (wentAway && (claimed.claimedAt ?? 0) <= wentAway.at) {
       return { id: claimed.id, kind: "cancel", error: `cancelled: ${wentAway.reason}` };
     }
+    const quietUntil = throttledUntil.get(endpoint) ?? 0;
+    if (quietUntil > Date.now()) return { id: claimed.id, kind: "defer", at: new Date(quietUntil) };
+    throttledUntil.delete(endpoint);
     const row = await current(claimed);
     if (!row) {
       return {
@@ -259,6 +265,8 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
           scheduledDelayMs(settings.delivery_retry_schedule_seconds, Math.max(1, row.attempts)) ??
           60_000;
         const delay = clampRetryAfter(result.retryAfterMs ?? fallback);
+        if (throttledUntil.size > 1000) throttledUntil.clear();
+        throttledUntil.set(endpoint, Date.now() + delay);
         return { id: row.id, kind: "defer", at: new Date(Date.now() + delay) };
       }
       case "refused":
