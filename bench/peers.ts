@@ -1,9 +1,12 @@
 // The yardsticks measured in the same run: the physical limit (a raw NOTIFY from an
 // AFTER INSERT trigger to a LISTEN session) and graphile-worker with its documented
 // fast settings (LISTEN/NOTIFY for latency; localQueue + batched completion for drains).
-import { Logger, run } from "graphile-worker";
+
+import { cpus } from "node:os";
+import { Logger, run, runMigrations } from "graphile-worker";
 import pg from "pg";
 import { freshDatabase, idlePerHour, type Summary, sleep, summary, until } from "./lib.js";
+import { startWindow } from "./procs.js";
 
 export async function rawNotify(adminUrl: string, samples: number): Promise<Summary> {
   const url = await freshDatabase(adminUrl, { migrate: false });
@@ -72,14 +75,7 @@ export async function graphileDrain(adminUrl: string, jobs: number, idleSeconds:
   const c = new pg.Client({ connectionString: url });
   await c.connect();
   // Let graphile-worker install its schema first, then queue everything in one statement.
-  const installer = await run({
-    connectionString: url,
-    concurrency: 1,
-    noHandleSignals: true,
-    logger: quietLogger(),
-    taskList: {},
-  });
-  await installer.stop();
+  await runMigrations({ connectionString: url, logger: quietLogger() });
   await c.query(
     `SELECT graphile_worker.add_jobs(array_agg(spec)) FROM (
        SELECT (
@@ -87,6 +83,9 @@ export async function graphileDrain(adminUrl: string, jobs: number, idleSeconds:
        )::graphile_worker.job_spec AS spec FROM generate_series(1, $1::int) g) s`,
     [jobs],
   );
+  // CPU over the drain: graphile-worker runs in this process (the driver), the database's
+  // backends and the whole machine as for pg-reactor's drains.
+  const window = await startWindow([], c, cpus().length);
   const t0 = performance.now();
   const runner = await run({
     connectionString: url,
@@ -110,10 +109,17 @@ export async function graphileDrain(adminUrl: string, jobs: number, idleSeconds:
   });
   await until(() => done >= jobs, 600_000);
   const seconds = (performance.now() - t0) / 1000;
+  const usage = await window.end();
   await c.end();
   const idle = await idlePerHour(url, idleSeconds);
   await runner.stop();
-  return { jobs, seconds: Number(seconds.toFixed(2)), perSecond: Math.round(jobs / seconds), idle };
+  return {
+    jobs,
+    seconds: Number(seconds.toFixed(2)),
+    perSecond: Math.round(jobs / seconds),
+    cpu: { worker: usage.driverCores, postgres: usage.postgresCores, machine: usage.machineCores },
+    idle,
+  };
 }
 
 function quietLogger() {

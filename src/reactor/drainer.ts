@@ -155,8 +155,9 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
       leaveFlight(outcomes.map((o) => o.id));
       state.lastProgressAt = new Date();
       if (summary.since === 0) summary.since = Date.now();
+      const counts = zeroCounts();
       for (const o of outcomes) {
-        summary.counts[o.kind]++;
+        counts[o.kind]++;
         // A retry or a hand-back is due again at `at`: be awake for it.
         if (o.kind === "retry" || o.kind === "defer") {
           armTimer(o.at.getTime());
@@ -164,9 +165,13 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
           // finds the next due row after it.
           futureWork = true;
         }
-        if (o.kind === "defer") metrics.deferred.inc(label);
-        else
-          metrics.completed.inc({ ...label, outcome: o.kind === "cancel" ? "cancelled" : o.kind });
+      }
+      // One metric update per kind and batch, not per row.
+      for (const [kind, n] of Object.entries(counts) as Array<[Outcome["kind"], number]>) {
+        if (n === 0) continue;
+        summary.counts[kind] += n;
+        if (kind === "defer") metrics.deferred.inc(label, n);
+        else metrics.completed.inc({ ...label, outcome: kind === "cancel" ? "cancelled" : kind }, n);
       }
       if (!summaryTimer) {
         summaryTimer = setTimeout(logSummary, SUMMARY_EVERY_MS);
