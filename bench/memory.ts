@@ -8,6 +8,7 @@ import { promisify } from "node:util";
 import pg from "pg";
 import { startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { sampleOrderPayload } from "../src/demo/sample-order.js";
+import { NODE_FLAGS } from "../src/runtime-flags.js";
 import { freshDatabase, sleep } from "./lib.js";
 import { withSettings } from "./reactor.js";
 
@@ -51,7 +52,7 @@ export async function replicaMemory(adminUrl: string, backlog: number) {
   await db.connect();
   let child: ChildProcess | null = null;
   try {
-    child = spawn(process.execPath, ["dist/main.js"], {
+    child = spawn(process.execPath, [...NODE_FLAGS, "dist/main.js"], {
       cwd: ROOT,
       env: {
         PATH: process.env.PATH ?? "",

