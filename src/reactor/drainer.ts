@@ -171,7 +171,8 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
         if (n === 0) continue;
         summary.counts[kind] += n;
         if (kind === "defer") metrics.deferred.inc(label, n);
-        else metrics.completed.inc({ ...label, outcome: kind === "cancel" ? "cancelled" : kind }, n);
+        else
+          metrics.completed.inc({ ...label, outcome: kind === "cancel" ? "cancelled" : kind }, n);
       }
       if (!summaryTimer) {
         summaryTimer = setTimeout(logSummary, SUMMARY_EVERY_MS);
