@@ -1,32 +1,17 @@
 // Memory of one replica as production runs it: its own process, the compiled service
 // (`node dist/main.js`), uploading to a fake ShipStation in the bench process. RSS is read
 // from /proc at idle and, every 100 ms, while a backlog of 100,000 orders drains.
-import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { readFile } from "node:fs/promises";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
+import { type ChildProcess, spawn } from "node:child_process";
 import pg from "pg";
 import { startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { sampleOrderPayload } from "../src/demo/sample-order.js";
 import { NODE_FLAGS } from "../src/runtime-flags.js";
 import { freshDatabase, sleep } from "./lib.js";
+import { buildChildren, ROOT, rssMiB } from "./procs.js";
 import { withSettings } from "./reactor.js";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const run = promisify(execFile);
 /** Idle is measured after the replica has been ready and quiet this long. */
 const IDLE_SETTLE_MS = 15_000;
-
-/** VmRSS of a process, in MiB, or null once it is gone. */
-async function rssMiB(pid: number): Promise<number | null> {
-  try {
-    const status = await readFile(`/proc/${pid}/status`, "utf8");
-    const kb = /VmRSS:\s+(\d+) kB/.exec(status)?.[1];
-    return kb ? Math.round((Number(kb) / 1024) * 10) / 10 : null;
-  } catch {
-    return null;
-  }
-}
 
 async function until(check: () => Promise<boolean>, what: string, timeoutMs: number) {
   const deadline = Date.now() + timeoutMs;
@@ -38,13 +23,7 @@ async function until(check: () => Promise<boolean>, what: string, timeoutMs: num
 
 export async function replicaMemory(adminUrl: string, backlog: number) {
   // The image runs the compiled service; tsx would add its own transpiler to the RSS.
-  await run(
-    process.execPath,
-    [`${ROOT}node_modules/typescript/bin/tsc`, "-p", "tsconfig.build.json"],
-    {
-      cwd: ROOT,
-    },
-  );
+  await buildChildren();
   const url = await freshDatabase(adminUrl);
   await withSettings(url, { upload_rate_limit_per_minute: "100000" });
   const fake = await startFakeShipStation();
