@@ -30,6 +30,14 @@ export async function until(check: () => boolean, timeoutMs = 120_000): Promise<
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Runs `sql` (one boolean column, `done`) until it is true. */
+export async function untilQuery(client: pg.Client, sql: string, timeoutMs = 60_000) {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await client.query(sql)).rows[0]?.done) {
+    if (performance.now() > deadline) throw new Error(`bench: timed out waiting for ${sql}`);
+  }
+}
+
 /** A new empty database on the bench server; migrated for pg-reactor unless told not to. */
 export async function freshDatabase(
   adminUrl: string,

@@ -5,7 +5,15 @@
 import { cpus } from "node:os";
 import { Logger, run, runMigrations } from "graphile-worker";
 import pg from "pg";
-import { freshDatabase, idlePerHour, type Summary, sleep, summary, until } from "./lib.js";
+import {
+  freshDatabase,
+  idlePerHour,
+  type Summary,
+  sleep,
+  summary,
+  until,
+  untilQuery,
+} from "./lib.js";
 import { startWindow } from "./procs.js";
 
 export async function rawNotify(adminUrl: string, samples: number): Promise<Summary> {
@@ -62,6 +70,9 @@ export async function graphileLatency(adminUrl: string, samples: number): Promis
     await c.query("SELECT graphile_worker.add_job('bench', json_build_object('i', $1::int))", [i]);
     await until(() => started === String(i));
     lat.push(performance.now() - t0);
+    // Isolated samples, as pg-reactor's: the next job is added once this one is complete
+    // (deleted), so each sample is one job arriving at an idle worker.
+    await untilQuery(c, "SELECT NOT EXISTS (SELECT 1 FROM graphile_worker._private_jobs) AS done");
   }
   await c.end();
   await runner.stop();

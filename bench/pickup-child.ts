@@ -26,6 +26,8 @@ const app = makeApp({
     else if (e.type === "woken")
       tell({ type: "woken", workload: e.workload, reason: e.reason, at });
     else if (e.type === "claiming") tell({ type: "claiming", workload: e.workload, at });
+    else if (e.type === "finalized")
+      tell({ type: "finalized", workload: e.workload, ids: e.outcomes.map((o) => o.id), at });
   },
 });
 

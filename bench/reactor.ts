@@ -83,6 +83,7 @@ async function startRecordingReactor(url: string, workload: string, shipstationU
   const claimed = new Map<number, number>();
   const woken: number[] = [];
   const claiming: number[] = [];
+  const finalized = new Set<number>();
   const child = spawnChild(
     "pickup reactor",
     benchChild("pickup-child"),
@@ -105,6 +106,7 @@ async function startRecordingReactor(url: string, workload: string, shipstationU
     else if (said.type === "woken" && (said.reason === "notify" || said.reason === "wal"))
       woken.push(at);
     else if (said.type === "claiming") claiming.push(at);
+    else if (said.type === "finalized") for (const id of said.ids as number[]) finalized.add(id);
   });
   await child.when((s) => s.type === "ready", "ready", READY_TIMEOUT_MS);
   const eventLoopDelay = async () => {
@@ -113,7 +115,7 @@ async function startRecordingReactor(url: string, workload: string, shipstationU
     const { p50, p99, max } = (await asked) as { p50: number; p99: number; max: number };
     return { p50, p99, max };
   };
-  return { child, marks: { claimed, woken, claiming }, eventLoopDelay };
+  return { child, marks: { claimed, woken, claiming, finalized }, eventLoopDelay };
 }
 type Marks = Awaited<ReturnType<typeof startRecordingReactor>>["marks"];
 
@@ -121,8 +123,9 @@ type Marks = Awaited<ReturnType<typeof startRecordingReactor>>["marks"];
 const firstAfter = (marks: number[], t: number) => marks.find((m) => m >= t) ?? Number.NaN;
 
 /**
- * Sequential samples: `insert` commits one row and says which row id the reactor will
- * claim and when the target has it; times are from just before the INSERT is sent.
+ * Sequential, isolated samples: `insert` commits one row and says which row id the
+ * reactor will claim and when the target has it; times are from just before the INSERT
+ * is sent, and the next sample starts once the row's result is recorded.
  * Stages per sample: the INSERT's reply (its commit, as the client sees it), the wake-up
  * (the notification or WAL commit reached the drainer), the claim sent, the claim back
  * with the row (the handler starts).
@@ -156,6 +159,9 @@ async function measurePickup(
     stage.claimRoundTrip.push(claimedAt - claimSentAt);
     await until(arrived);
     target.push(clock() - t0);
+    // Isolated samples: the next row is inserted once this one's result is recorded, so
+    // each sample is one row arriving at an idle reactor (graphile-worker's likewise).
+    await until(() => marks.finalized.has(rowId));
   }
   return {
     handler: summary(handler),
