@@ -117,4 +117,22 @@ describe("ShipStation dates", () => {
       "2026-11-23T06:05:06.7890000",
     );
   });
+
+  it("formats every minute across both DST changes as Pacific wall time (offsets are cached per UTC hour)", () => {
+    const wall = new Intl.DateTimeFormat("sv-SE", {
+      timeZone: "America/Los_Angeles",
+      dateStyle: "short",
+      timeStyle: "medium",
+    });
+    for (const change of ["2026-03-08T10:00:00Z", "2026-11-01T09:00:00Z", "2027-03-14T10:00:00Z"]) {
+      const at = new Date(change).getTime();
+      // Out of order on purpose: a cached hour must not leak into its neighbours.
+      const minutes = Array.from({ length: 6 * 60 }, (_, i) => (i * 37) % (6 * 60));
+      for (const m of minutes) {
+        const instant = new Date(at + (m - 3 * 60) * 60_000 + 1_234);
+        const expected = `${wall.format(instant).replace(" ", "T")}.2340000`;
+        expect(toShipStationTime(instant), instant.toISOString()).toBe(expected);
+      }
+    }
+  });
 });

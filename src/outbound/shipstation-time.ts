@@ -30,8 +30,27 @@ const pacific = new Intl.DateTimeFormat("en-US", {
   second: "numeric",
 });
 
-/** How far Pacific wall-clock time is ahead of UTC at `ms` (negative: -7 h or -8 h). */
+const HOUR_MS = 3_600_000;
+/** Offsets by UTC hour: formatToParts costs tens of microseconds, and an upload needs several. */
+const offsets = new Map<number, number>();
+
+/**
+ * How far Pacific wall-clock time is ahead of UTC at `ms` (negative: -7 h or -8 h). US
+ * clocks change at 02:00 local, which is 09:00 or 10:00 UTC: always on a whole UTC hour,
+ * so one UTC hour has one offset, and it is worked out once.
+ */
 function pacificOffsetMs(ms: number): number {
+  const hour = Math.floor(ms / HOUR_MS);
+  let offset = offsets.get(hour);
+  if (offset === undefined) {
+    offset = offsetAt(hour * HOUR_MS);
+    if (offsets.size >= 10_000) offsets.clear();
+    offsets.set(hour, offset);
+  }
+  return offset;
+}
+
+function offsetAt(ms: number): number {
   const at = Math.floor(ms / 1000) * 1000;
   const parts: Record<string, number> = {};
   for (const p of pacific.formatToParts(new Date(at))) parts[p.type] = Number(p.value);
