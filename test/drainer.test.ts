@@ -346,4 +346,34 @@ describe("drainer state machine", () => {
     expect(done()).toBe(2);
     expect(mem.calls.release).toBe(1);
   });
+
+  it("results that cannot be recorded (a database outage) hold new units back without spinning", async () => {
+    mem.add(40);
+    let down = true;
+    const finalize = mem.queue.finalize.bind(mem.queue);
+    mem.queue.finalize = async (owner, outcomes) => {
+      if (down) throw new Error("connection refused");
+      return finalize(owner, outcomes);
+    };
+    // The loop reads concurrency() once per pass: a pass that never awaits would call it
+    // without end (and block the event loop); this turns that into a drain error instead.
+    let passes = 0;
+    start({
+      concurrency: () => {
+        if (++passes > 10_000) throw new Error("the drain loop is spinning");
+        return 2;
+      },
+    }).wake("notify");
+    await vi.advanceTimersByTimeAsync(2_000);
+    // At most 4 units' worth (4 x 2 x 2 rows) of results wait; no unit starts beyond that.
+    const handled = events
+      .filter((e) => e.type === "claimed")
+      .reduce((n, e) => n + (e.type === "claimed" ? e.ids.length : 0), 0);
+    expect(handled).toBeLessThanOrEqual(16 + 4);
+    expect(done()).toBe(0);
+    down = false;
+    await vi.advanceTimersByTimeAsync(20_000);
+    expect(done()).toBe(40);
+    expect(passes).toBeLessThan(10_000);
+  });
 });

@@ -495,6 +495,14 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
             armTimer(Date.now() + 1_000);
             break;
           }
+          if (want === 0 && !exhausted) {
+            // No claim this pass: results waiting to be recorded hold new units back
+            // (a finalize retrying through a database outage, say). Wait for them; a
+            // `continue` here would spin without ever letting them finish.
+            if (recording.size === 0) break;
+            await nextEvent();
+            continue;
+          }
           // Units that held endpoints back may have finished during the claim: look again.
           if (!exhausted || retryAfterUnit) {
             exhausted = false;
