@@ -575,7 +575,9 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
       ]);
       graceOver.abort();
       // Claimed rows that never started go back without using an attempt.
-      await Promise.race([handBackWaiting(new Date()), sleep(2_000)]);
+      const handBackOver = new AbortController();
+      await Promise.race([handBackWaiting(new Date()), sleep(2_000, handBackOver.signal)]);
+      handBackOver.abort();
       if (timedOut)
         log.warn({ inFlightRows: inFlight.size }, "shutdown grace ran out with work in flight");
       finalizer.stop();
