@@ -21,6 +21,15 @@ export interface ClaimedDelivery extends ClaimedRow {
   disabled_reason: string | null;
 }
 
+/**
+ * What a delivery is sent with, read from its subscription `s`: by the claim, and again
+ * for a delivery that waited after its claim (the previous secret only until it expires).
+ */
+export const SUBSCRIPTION_SENDING_COLUMNS = `s.url, s.secret, s.enabled AS subscription_enabled,
+  s.disabled_reason,
+  CASE WHEN s.previous_secret_expires_at IS NULL OR s.previous_secret_expires_at > now()
+    THEN s.previous_secret END AS previous_secret`;
+
 export function makeDeliveriesQueue(pool: Pool) {
   return makeLeaseQueue<ClaimedDelivery>(pool, {
     table: "webhook_deliveries",
@@ -40,8 +49,6 @@ export function makeDeliveriesQueue(pool: Pool) {
       maxBytes: MAX_WEBHOOK_BODY_BYTES,
     },
     returning: `t.id, t.event_id, t.subscription_id, e.event_type, e.created_at AS event_created_at,
-      s.url, s.secret, s.enabled AS subscription_enabled, s.disabled_reason,
-      CASE WHEN s.previous_secret_expires_at IS NULL OR s.previous_secret_expires_at > now()
-        THEN s.previous_secret END AS previous_secret`,
+      ${SUBSCRIPTION_SENDING_COLUMNS}`,
   });
 }

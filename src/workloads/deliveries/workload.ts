@@ -13,7 +13,12 @@ import { scheduledDelayMs } from "../../reactor/backoff.js";
 import { type LeaseQueue, type Outcome, retryOrFail } from "../../reactor/lease-queue.js";
 import type { Workload } from "../../reactor/workload.js";
 import { applyRetention, disableGoneSubscription, RETENTION_BATCH } from "./maintenance.js";
-import { type ClaimedDelivery, DELIVERIES_CHANNEL, MAX_WEBHOOK_BODY_BYTES } from "./queue.js";
+import {
+  type ClaimedDelivery,
+  DELIVERIES_CHANNEL,
+  MAX_WEBHOOK_BODY_BYTES,
+  SUBSCRIPTION_SENDING_COLUMNS,
+} from "./queue.js";
 import type { DeliveriesSettings } from "./settings.js";
 import { deliveryBody, signedHeaders } from "./signing.js";
 import { sendWebhook } from "./webhook-client.js";
@@ -116,10 +121,7 @@ type SubscriptionNow = Pick<
 /** A subscription's sending state now (as the claim reads it), or null if it is gone. */
 async function readSubscription(pool: Pool, id: number): Promise<SubscriptionNow | null> {
   const { rows } = await pool.query<SubscriptionNow>(
-    `SELECT url, secret, enabled AS subscription_enabled, disabled_reason,
-       CASE WHEN previous_secret_expires_at IS NULL OR previous_secret_expires_at > now()
-         THEN previous_secret END AS previous_secret
-     FROM webhook_subscriptions WHERE id = $1`,
+    `SELECT ${SUBSCRIPTION_SENDING_COLUMNS} FROM webhook_subscriptions s WHERE s.id = $1`,
     [id],
   );
   return rows[0] ?? null;
