@@ -187,6 +187,40 @@ export const webhookDeliveries = pgTable(
 );
 
 /**
+ * One row per HTTP attempt of a delivery (what the console shows for it), written by the
+ * same statement that records the attempt's outcome. `attempt` is the delivery's attempt
+ * number then; an operator's retry starts the numbers again, so it is not unique. Deleted
+ * with its delivery (retention, a deleted subscription).
+ */
+export const webhookDeliveryAttempts = pgTable(
+  "webhook_delivery_attempts",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedByDefaultAsIdentity(),
+    deliveryId: bigint("delivery_id", { mode: "number" })
+      .notNull()
+      .references(() => webhookDeliveries.id, { onDelete: "cascade" }),
+    attempt: integer("attempt").notNull(),
+    startedAt: tz("started_at").notNull(),
+    durationMs: integer("duration_ms").notNull(),
+    /** The HTTP status; null when no answer came (timeout, connection error, refused). */
+    status: integer("status"),
+    error: text("error"),
+    /** The first 1 KiB of the response body, secrets redacted. */
+    responseExcerpt: text("response_excerpt"),
+  },
+  (t) => [
+    check(
+      "response_excerpt_must_be_at_most_1024_bytes",
+      sql`octet_length(${t.responseExcerpt}) <= 1024`,
+    ),
+    // A delivery's attempts in order, and the cascade from a deleted delivery.
+    index("webhook_delivery_attempts_delivery_idx").on(t.deliveryId, t.id),
+    // Subscriptions' recent success rates read the last day of attempts.
+    index("webhook_delivery_attempts_started_idx").on(t.startedAt),
+  ],
+);
+
+/**
  * Budgets that belong to an outside account and are shared by every replica (ShipStation
  * allows 40 calls a minute per key pair): the send times in the current window, and a
  * pause the target imposed (429, X-Rate-Limit-Remaining: 0).
