@@ -31,6 +31,8 @@ COPY package.json ./
 COPY bin ./bin
 COPY drizzle ./drizzle
 COPY sql ./sql
+# The operator console: HTML, CSS and an ES module read at start (uPlot comes from node_modules).
+COPY console ./console
 USER node
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

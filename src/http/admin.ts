@@ -4,7 +4,9 @@
 import type { FastifyInstance } from "fastify";
 import type { App } from "../app.js";
 import { type FailedFilter, makeFailedRows, retryOneRefusal } from "../reactor/failed-rows.js";
-import { makeBearerCheck } from "./auth.js";
+import { registerSettingsRoutes } from "./admin-settings.js";
+import { makeAdminAuth } from "./auth.js";
+import type { ConsoleSessions } from "./console/session.js";
 import {
   afterId,
   badRequest,
@@ -30,6 +32,20 @@ const pageQuery = (extra: Record<string, unknown>) =>
     properties: {
       limit: { type: "integer", minimum: 1, maximum: 500, default: 50 },
       after_id: afterId,
+      error_contains: text(200),
+      created_after: dateTime,
+      created_before: dateTime,
+      ...extra,
+    },
+  }) as const;
+
+/** The filter of a listing, counted: how many a bulk retry with it would touch. */
+const countQuery = (extra: Record<string, unknown>) =>
+  ({
+    type: "object",
+    additionalProperties: false,
+    properties: {
+      limit: { type: "integer", minimum: 1, maximum: 100_000 },
       error_contains: text(200),
       created_after: dateTime,
       created_before: dateTime,
@@ -81,14 +97,18 @@ function toFilter(q: Query, equals: string[], where: "querystring" | "body"): Fa
   return filter;
 }
 
-export async function registerAdminRoutes(server: FastifyInstance, app: App): Promise<void> {
+export async function registerAdminRoutes(
+  server: FastifyInstance,
+  app: App,
+  sessions: ConsoleSessions,
+): Promise<void> {
   const token = app.env.adminToken;
   if (!token) return;
-  const requireToken = makeBearerCheck(token);
+  const { requireAdmin } = makeAdminAuth(token, sessions);
 
   await server.register(
     async (admin) => {
-      admin.addHook("onRequest", requireToken);
+      admin.addHook("onRequest", requireAdmin);
       admin.setSchemaErrorFormatter(schemaErrors);
       admin.addHook("preHandler", async (req) => {
         const where = { params: req.params, querystring: req.query, body: req.body };
@@ -127,6 +147,17 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
               afterId: q.after_id as number | undefined,
             });
             return { items: page.items, next_after_id: page.nextAfterId };
+          },
+        );
+        admin.get(
+          `/${name}/failed/count`,
+          { schema: { querystring: countQuery(w.extraQuery) } },
+          async (req) => {
+            const q = req.query as Query;
+            const cap = (q.limit as number | undefined) ?? DEFAULT_BULK_RETRY_LIMIT;
+            const count = await w.rows.count(toFilter(q, w.equals, "querystring"), cap);
+            // What {"…filter…"} sent to POST /<rows>/retry would retry (it stops at its limit).
+            return { count, capped: count >= cap };
           },
         );
         admin.post(`/${name}/:id/retry`, { schema: { params: idParams } }, async (req, reply) => {
@@ -171,6 +202,7 @@ export async function registerAdminRoutes(server: FastifyInstance, app: App): Pr
         );
       }
 
+      registerSettingsRoutes(admin, app);
       for (const { instance } of app.parts) instance.adminRoutes?.(admin);
     },
     { prefix: "/admin" },

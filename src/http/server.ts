@@ -11,6 +11,9 @@ import type { App } from "../app.js";
 import type { Logger } from "../logger.js";
 import { VERSION } from "../version.js";
 import { registerAdminRoutes } from "./admin.js";
+import type { LiveFeed } from "./console/live.js";
+import { registerConsoleRoutes } from "./console/routes.js";
+import { makeConsoleSessions } from "./console/session.js";
 import { buildHealth } from "./health.js";
 import { buildStatus } from "./status.js";
 
@@ -26,6 +29,9 @@ const SERVED_WHILE_STARTING = new Set(["/health/live", "/metrics", "/health", "/
 
 /** Postgres errors that mean "your input was refused", answered as 400 with the reason. */
 const INPUT_ERROR_CODES = new Set(["23514", "23505", "23502", "22P02", "22007", "22008", "22001"]);
+
+/** The console's live feed of a status server (tests count its consoles). */
+export const consoleFeeds = new WeakMap<FastifyInstance, LiveFeed>();
 
 export async function buildStatusServer(
   app: App,
@@ -110,7 +116,13 @@ export async function buildStatusServer(
   // Routes a workload or source brings (the ShipStation hook).
   for (const { instance } of app.parts) instance.routes?.(server);
 
-  await registerAdminRoutes(server, app);
+  // One signing of console sessions for the admin API and the console pages.
+  const sessions = app.env.adminToken ? makeConsoleSessions(app.env.adminToken) : null;
+  if (sessions) {
+    await registerAdminRoutes(server, app, sessions);
+    const routes = await registerConsoleRoutes(server, app, sessions);
+    if (routes) consoleFeeds.set(server, routes.feed);
+  }
   return server;
 }
 
