@@ -21,6 +21,8 @@ export interface FailedRows {
     filter: FailedFilter,
     page: { limit: number; afterId?: number },
   ): Promise<{ items: Record<string, unknown>[]; nextAfterId: number | null }>;
+  /** How many failed rows match the filter, counting at most `cap` (a bulk retry's confirmation). */
+  count(filter: FailedFilter, cap: number): Promise<number>;
   /** Retries one row; 'not_found' or 'not_failed' (with the row's state) say why not. */
   retryOne(id: number): Promise<RetryOneResult>;
   /** Retries every failed row matching the filter, at most `limit`; returns how many. */
@@ -104,6 +106,20 @@ export function makeFailedRows(
       });
       const last = items.at(-1);
       return { items, nextAfterId: rows.length > page.limit && last ? Number(last.id) : null };
+    },
+    async count(filter, cap) {
+      const params: unknown[] = [];
+      const cond = where(filter, params);
+      params.push(cap);
+      // Capped, so a million failed rows cost a bounded scan of the failed-rows index.
+      const { rows } = await pool.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM (
+           SELECT 1 FROM ${t} t ${spec.claimFrom ?? ""}
+           WHERE t.${state} = ${failed} ${spec.claimWhere ?? ""} ${cond}
+           LIMIT $${params.length}) c`,
+        params,
+      );
+      return rows[0]?.n ?? 0;
     },
     async retryOne(id) {
       const res = await pool.query(
