@@ -53,7 +53,9 @@ describe.each(WAKE_SOURCES)("outbox → webhook deliveries (wake source %s)", (m
   afterEach(async () => {
     await app?.stop(1_000);
     app = null;
-    await db.pool.query("TRUNCATE webhook_deliveries, outbox_events, webhook_subscriptions");
+    await db.pool.query(
+      "TRUNCATE webhook_delivery_attempts, webhook_deliveries, outbox_events, webhook_subscriptions",
+    );
     await clearSettingsKeepingWakeSource(db.pool);
     receiver.requests.length = 0;
     receiver.script.length = 0;

@@ -5,6 +5,8 @@
 // 20 ms). These tests read the executed plan (EXPLAIN ANALYZE, rolled back) with such
 // statistics in place and fail if any join compares more rows than it keeps. Their
 // commits do not wait for the WAL flush (a forgotten claim or finalize reruns the row).
+// The deliveries finalize also logs each row's HTTP attempt (webhook_delivery_attempts)
+// in the same statement, without joining the updated rows back to the batch.
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { newSecret } from "../src/demo/receiver.js";
@@ -77,15 +79,38 @@ async function checkQueue<Row extends ClaimedRow>(
   expect(claimPlan["Actual Rows"]).toBe(BATCH);
   expect(worstJoinFilter(claimPlan)).toBeLessThan(BATCH);
 
-  const outcomes: Outcome[] = rows.map((r, i) =>
-    i % 3 === 0
-      ? { id: r.id, kind: "retry", at: new Date(Date.now() + 60_000), error: "again" }
-      : { id: r.id, kind: "success" },
-  );
+  const outcomes: Outcome[] = rows.map((r, i) => {
+    const attempt = queue.spec.attemptLog
+      ? {
+          attempt: {
+            number: r.attempts,
+            startedAt: new Date(),
+            durationMs: 5,
+            status: i % 3 === 0 ? 500 : 204,
+            error: i % 3 === 0 ? "HTTP 500" : null,
+            excerpt: i % 3 === 0 ? "boom" : null,
+          },
+        }
+      : {};
+    return i % 3 === 0
+      ? { id: r.id, kind: "retry", at: new Date(Date.now() + 60_000), error: "again", ...attempt }
+      : { id: r.id, kind: "success", ...attempt };
+  });
   const result = await queue.finalize("plan-test", outcomes);
   expect(result.done.length).toBe(BATCH);
+  const attemptLog = queue.spec.attemptLog;
+  if (attemptLog) {
+    const { rows: logged } = await db.pool.query(
+      `SELECT count(*)::int AS n, count(DISTINCT ${attemptLog.key})::int AS rows,
+         count(*) FILTER (WHERE status = 500 AND response_excerpt = 'boom')::int AS failed
+       FROM ${attemptLog.table}`,
+    );
+    expect(logged[0]).toEqual({ n: BATCH, rows: BATCH, failed: BATCH / 3 });
+  }
   const finalize = log.find((q) => /FOR UPDATE OF l SKIP LOCKED/.test(q.text)) as Captured;
   expect(finalize).toBeDefined();
+  // A table without an attempt log keeps the plain UPDATE.
+  expect(/\bINSERT INTO\b/.test(finalize.text)).toBe(Boolean(attemptLog));
   // The same statement again over rows leased to the same owner (re-leased for the test).
   await db.pool.query(`UPDATE ${table} SET locked_by = 'plan-test' WHERE id = ANY ($1::bigint[])`, [
     rows.map((r) => r.id),

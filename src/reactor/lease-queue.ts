@@ -64,20 +64,41 @@ export interface QueueTableSpec {
    * endpoint that is at its in-flight cap), so they are not claimed only to be handed back.
    */
   excludeColumn?: string;
+  /**
+   * A table that gets one row per outcome carrying an `attempt`, written by the finalize
+   * statement itself (no extra round trip), and only for rows the finalize recorded. Its
+   * columns: `key` (this row's id), attempt, started_at, duration_ms, status, error,
+   * response_excerpt.
+   */
+  attemptLog?: { table: string; key: string };
 }
 
 /** A claim returns payloads of at most this many bytes in total (and at least one row). */
 export const CLAIM_MAX_BYTES = 32 * 1024 * 1024;
 
-/** What a handler decided for one row. */
-export type Outcome =
+/** One try at the target, logged by a queue with an attemptLog. */
+export interface AttemptRecord {
+  /** The row's attempt number (its `attempts` as claimed). */
+  number: number;
+  startedAt: Date;
+  durationMs: number;
+  /** The target's status code, or null when no answer came. */
+  status: number | null;
+  error: string | null;
+  /** The start of the answer's body, at most 1 KiB (the table refuses more). */
+  excerpt: string | null;
+}
+
+/** What a handler decided for one row, with the try it made, if it made one. */
+export type Outcome = (
   | { id: number; kind: "success"; extra?: Record<string, unknown> }
   | { id: number; kind: "retry"; at: Date; error: string; extra?: Record<string, unknown> }
   | { id: number; kind: "failed"; error: string; extra?: Record<string, unknown> }
   /** Final without success or failure (the target is gone); needs states.cancelled. */
   | { id: number; kind: "cancel"; error: string; extra?: Record<string, unknown> }
   /** Give the row back without using an attempt (rate limit, pause), due again at `at`. */
-  | { id: number; kind: "defer"; at: Date };
+  | { id: number; kind: "defer"; at: Date }
+) & { attempt?: AttemptRecord };
 
 /**
  * The outcome of a transient failure, shared by every workload: retry after the
@@ -192,6 +213,20 @@ export interface LeaseQueue<Row extends ClaimedRow> {
  */
 const ASYNC_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit";
 
+/**
+ * An attempt log's columns, in the order the finalize binds them: the AttemptRecord
+ * field, its array type, its name in the statement (a_…, clear of the table's columns)
+ * and in the log table.
+ */
+const ATTEMPT_FIELDS = [
+  { field: "number", type: "integer", v: "a_number", column: "attempt" },
+  { field: "startedAt", type: "timestamptz", v: "a_started_at", column: "started_at" },
+  { field: "durationMs", type: "integer", v: "a_duration_ms", column: "duration_ms" },
+  { field: "status", type: "integer", v: "a_status", column: "status" },
+  { field: "error", type: "text", v: "a_error", column: "error" },
+  { field: "excerpt", type: "text", v: "a_excerpt", column: "response_excerpt" },
+] as const satisfies ReadonlyArray<{ field: keyof AttemptRecord; [k: string]: string }>;
+
 /** Quotes an identifier from a QueueTableSpec (code, never input). */
 export const quoteIdent = (ident: string) => `"${ident.replace(/"/g, '""')}"`;
 const q = quoteIdent;
@@ -277,22 +312,29 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
     .join("");
   const extraUnnest = extras.map((c, i) => `, $${7 + i}::${c.type}[]`).join("");
   const extraNames = extras.map((_, i) => `, x${i}`).join("");
+  const log = spec.attemptLog;
+  const attemptFirst = 7 + extras.length;
+  const attemptUnnest = log
+    ? ATTEMPT_FIELDS.map((f, i) => `, $${attemptFirst + i}::${f.type}[]`).join("")
+    : "";
+  const attemptNames = log ? ATTEMPT_FIELDS.map((f) => `, ${f.v}`).join("") : "";
   // Rows an application transaction holds locked are skipped (SKIP LOCKED), not waited
   // on: one idle app transaction must not stall the queue. The caller tries them again.
   // Each row is locked by its own primary-key probe (the LATERAL), and the UPDATE joins
   // on id alone: statistics taken while nothing is leased say `locked_by = $1` matches
   // one row, and a join filtered on it became a nested loop comparing the whole batch
   // with itself (test/queue-plans.test.ts). Once locked, a row's locked_by cannot change.
-  const finalizeSql = `
+  const finalizeHead = `
     WITH v AS (
-      SELECT * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[]${extraUnnest})
-        AS v(id, kind, at, error, version${extraNames})
+      SELECT * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[]${extraUnnest}${attemptUnnest})
+        AS v(id, kind, at, error, version${extraNames}${attemptNames})
     ), lockable AS (
       SELECT v.* FROM v CROSS JOIN LATERAL (
         SELECT 1 FROM ${t} l WHERE l.id = v.id AND l.locked_by = $1
         FOR UPDATE OF l SKIP LOCKED
       ) k
-    )
+    )`;
+  const finalizeUpdate = `
     UPDATE ${t} AS t SET
       ${state} = CASE
         WHEN v.kind IN ('retry', 'defer') OR ${changed} THEN ${pending}
@@ -312,6 +354,19 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
     FROM lockable v CROSS JOIN ${ASYNC_COMMIT}
     WHERE t.id = v.id
     RETURNING t.id`;
+  // With an attempt log, the UPDATE hands each recorded row's attempt on through its
+  // RETURNING (columns of its FROM item), and the INSERT reads that alone: joining the
+  // updated ids back to the unnest would be the batch-with-itself join again. Rows the
+  // finalize did not record (locked, no longer ours) log nothing; a locked one logs its
+  // attempt when it is recorded later.
+  const finalizeSql = log
+    ? `${finalizeHead}, upd AS (${finalizeUpdate}${ATTEMPT_FIELDS.map((f) => `, v.${f.v}`).join("")}
+    ), ins AS (
+      INSERT INTO ${q(log.table)} (${q(log.key)}${ATTEMPT_FIELDS.map((f) => `, ${q(f.column)}`).join("")})
+      SELECT id${ATTEMPT_FIELDS.map((f) => `, ${f.v}`).join("")} FROM upd WHERE a_started_at IS NOT NULL
+    )
+    SELECT id FROM upd`
+    : `${finalizeHead}${finalizeUpdate}`;
 
   /** Which of the given rows this owner still holds (a plain read: never waits on a lock). */
   const heldSql = `SELECT id FROM ${t} WHERE id = ANY ($2::bigint[]) AND locked_by = $1`;
@@ -389,6 +444,9 @@ export function makeLeaseQueue<Row extends ClaimedRow>(
         ...extras.map((c) =>
           outcomes.map((o) => ("extra" in o ? (o.extra?.[c.name] ?? null) : null)),
         ),
+        ...(spec.attemptLog
+          ? ATTEMPT_FIELDS.map((f) => outcomes.map((o) => (o.attempt ? o.attempt[f.field] : null)))
+          : []),
       ];
       const named = canPrepare(pool);
       const res = await pool

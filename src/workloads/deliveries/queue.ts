@@ -40,6 +40,8 @@ export function makeDeliveriesQueue(pool: Pool) {
     pendingSinceColumn: "created_at",
     extraColumns: [{ name: "last_status", type: "integer" }],
     excludeColumn: "subscription_id",
+    // Every HTTP attempt, for the console and the admin API; written by the finalize.
+    attemptLog: { table: "webhook_delivery_attempts", key: "delivery_id" },
     claimFrom: ", outbox_events e, webhook_subscriptions s",
     claimWhere: "AND e.id = t.event_id AND s.id = t.subscription_id",
     payload: {

@@ -3,7 +3,7 @@
 // dialled (the agent's guard, see makeAgent).
 import type { Agent } from "undici";
 import { request } from "undici";
-import { describeNetworkError, parseRetryAfter, readTextCapped } from "../../outbound/http.js";
+import { describeNetworkError, parseRetryAfter } from "../../outbound/http.js";
 import { type AddressPolicy, PrivateAddressError } from "../../outbound/ssrf.js";
 
 /**
@@ -13,17 +13,76 @@ import { type AddressPolicy, PrivateAddressError } from "../../outbound/ssrf.js"
  */
 export const RETRY_AFTER_STATUSES: ReadonlySet<number> = new Set([429, 502, 503, 504]);
 
-/** Response bodies kept in last_error are cut to about this many bytes. */
+/**
+ * Response bodies kept (in last_error, and as an attempt's response_excerpt) are cut to
+ * at most this many bytes, on a character boundary.
+ */
 export const ERROR_BODY_BYTES = 1024;
+/**
+ * Bytes of a response read before redacting it. A body cut while a secret is only partly
+ * read would hide that part from the redaction, so a cut body loses its last
+ * SECRET_MARGIN_BYTES first: longer than any spelling of a secret (whsec_ + 88 base64
+ * characters, at most 6 bytes each once JSON-escaped), shorter than what is left to keep.
+ */
+const BODY_READ_BYTES = 4 * 1024;
+const SECRET_MARGIN_BYTES = 1024;
 
+/**
+ * `excerpt` is the start of the answer's body (redacted, no NUL, at most ERROR_BODY_BYTES
+ * bytes), absent when the body was empty.
+ */
 export type WebhookResult =
-  | { kind: "delivered"; status: number }
-  | { kind: "gone"; status: 410 }
+  | { kind: "delivered"; status: number; excerpt?: string }
+  | { kind: "gone"; status: 410; excerpt?: string }
   /** The receiver asked us to slow down (429): no attempt is used. */
-  | { kind: "throttled"; status: 429; retryAfterMs: number | null; error: string }
-  | { kind: "failed"; status: number | null; retryAfterMs: number | null; error: string }
+  | { kind: "throttled"; status: 429; retryAfterMs: number | null; error: string; excerpt?: string }
+  /** `status` is null when no answer came (timeout, connection or DNS failure). */
+  | {
+      kind: "failed";
+      status: number | null;
+      retryAfterMs: number | null;
+      error: string;
+      excerpt?: string;
+    }
   /** Refused before sending (a private address): retrying cannot help. */
   | { kind: "refused"; error: string };
+
+/** An answer's status in words: what an attempt that got it failed with. */
+export function statusSummary(status: number): string {
+  return status >= 300 && status < 400
+    ? `HTTP ${status} (redirects are not followed)`
+    : `HTTP ${status}`;
+}
+
+/** The longest start of `text` that is at most `maxBytes` bytes of UTF-8. */
+export function utf8Prefix(text: string, maxBytes: number): string {
+  const bytes = Buffer.from(text, "utf8");
+  if (bytes.length <= maxBytes) return text;
+  let end = maxBytes;
+  // Back off continuation bytes (10xxxxxx) to the start of the character that was cut.
+  while (end > 0 && ((bytes[end] as number) & 0xc0) === 0x80) end--;
+  return bytes.subarray(0, end).toString("utf8");
+}
+
+/** The first `limit` bytes of a body, and whether there was more; the rest is drained. */
+async function readHead(
+  body: AsyncIterable<Buffer | Uint8Array>,
+  limit: number,
+): Promise<{ head: Buffer; cut: boolean }> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    if (size < limit) chunks.push(Buffer.from(chunk).subarray(0, limit - size));
+    size += chunk.length;
+  }
+  return { head: Buffer.concat(chunks), cut: size > limit };
+}
+
+/** What is kept of a body: without NUL (PostgreSQL text cannot hold it), redacted, cut. */
+function excerptOf(read: { head: Buffer; cut: boolean }, redact: (text: string) => string): string {
+  const head = read.cut ? read.head.subarray(0, read.head.length - SECRET_MARGIN_BYTES) : read.head;
+  return utf8Prefix(redact(head.toString("utf8").replaceAll("\u0000", "")), ERROR_BODY_BYTES);
+}
 
 export interface SendOptions {
   url: string;
@@ -34,6 +93,8 @@ export interface SendOptions {
   agent: Agent;
   /** The pre-check: a refused address fails the row before any connection is opened. */
   policy?: AddressPolicy;
+  /** Removes secrets from the response body before any of it is kept. */
+  redact?: (text: string) => string;
 }
 
 export async function sendWebhook(options: SendOptions): Promise<WebhookResult> {
@@ -68,17 +129,27 @@ export async function sendWebhook(options: SendOptions): Promise<WebhookResult> 
       bodyTimeout: options.timeoutMs,
     });
     const status = res.statusCode;
-    const text = await readTextCapped(res.body, ERROR_BODY_BYTES).catch(() => "");
-    if (status >= 200 && status < 300) return { kind: "delivered", status };
-    if (status === 410) return { kind: "gone", status: 410 };
+    const read = await readHead(res.body, BODY_READ_BYTES).catch(() => ({
+      head: Buffer.alloc(0),
+      cut: false,
+    }));
+    const text = excerptOf(read, options.redact ?? ((t) => t));
+    const excerpt = text ? { excerpt: text } : {};
+    if (status >= 200 && status < 300) return { kind: "delivered", status, ...excerpt };
+    if (status === 410) return { kind: "gone", status: 410, ...excerpt };
     const retryAfterMs = RETRY_AFTER_STATUSES.has(status)
       ? parseRetryAfter(res.headers["retry-after"])
       : null;
     const detail = text.trim() ? `: ${text.trim()}` : "";
     if (status === 429)
-      return { kind: "throttled", status, retryAfterMs, error: `HTTP 429${detail}` };
-    const what = status < 400 ? `HTTP ${status} (redirects are not followed)` : `HTTP ${status}`;
-    return { kind: "failed", status, retryAfterMs, error: `${what}${detail}` };
+      return { kind: "throttled", status, retryAfterMs, error: `HTTP 429${detail}`, ...excerpt };
+    return {
+      kind: "failed",
+      status,
+      retryAfterMs,
+      error: `${statusSummary(status)}${detail}`,
+      ...excerpt,
+    };
   } catch (err) {
     const cause = (err as { cause?: unknown }).cause ?? err;
     if (cause instanceof PrivateAddressError || err instanceof PrivateAddressError) {

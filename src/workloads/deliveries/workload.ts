@@ -10,7 +10,12 @@ import { statusClass } from "../../outbound/http.js";
 import { redactSecrets } from "../../outbound/redact.js";
 import type { AddressPolicy } from "../../outbound/ssrf.js";
 import { scheduledDelayMs } from "../../reactor/backoff.js";
-import { type LeaseQueue, type Outcome, retryOrFail } from "../../reactor/lease-queue.js";
+import {
+  type AttemptRecord,
+  type LeaseQueue,
+  type Outcome,
+  retryOrFail,
+} from "../../reactor/lease-queue.js";
 import type { Workload } from "../../reactor/workload.js";
 import { applyRetention, disableGoneSubscription, RETENTION_BATCH } from "./maintenance.js";
 import {
@@ -21,7 +26,7 @@ import {
 } from "./queue.js";
 import type { DeliveriesSettings } from "./settings.js";
 import { deliveryBody, signedHeaders } from "./signing.js";
-import { sendWebhook } from "./webhook-client.js";
+import { sendWebhook, statusSummary, type WebhookResult } from "./webhook-client.js";
 
 /** Retry-After is honoured within this range; outside it is clamped. */
 export const RETRY_AFTER_MIN_MS = 1_000;
@@ -131,6 +136,25 @@ function clampRetryAfter(ms: number): number {
   return Math.min(RETRY_AFTER_MAX_MS, Math.max(RETRY_AFTER_MIN_MS, ms));
 }
 
+/**
+ * What an attempt failed with, for its row in webhook_delivery_attempts: the status in
+ * words when an answer came (its body is the excerpt), else the error; null on success.
+ */
+function attemptError(result: WebhookResult, clean: (text: string) => string): string | null {
+  switch (result.kind) {
+    case "delivered":
+      return null;
+    case "gone":
+      return "HTTP 410 Gone: the subscription was disabled";
+    case "throttled":
+      return "HTTP 429: throttled, sent again later without using an attempt";
+    case "failed":
+      return result.status === null ? clean(result.error) : statusSummary(result.status);
+    case "refused":
+      return clean(result.error);
+  }
+}
+
 export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<ClaimedDelivery> {
   const { settings, metrics } = options;
   const log = options.logger.child({ workload: "deliveries" });
@@ -169,7 +193,14 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
     return sub ? { ...row, ...sub } : null;
   }
 
-  async function deliver(claimed: ClaimedDelivery): Promise<Outcome> {
+  /**
+   * One delivery. `tried.attempt` is set as soon as a request was made, so an internal
+   * error after it (see process) still logs the attempt with the outcome.
+   */
+  async function deliver(
+    claimed: ClaimedDelivery,
+    tried: { attempt?: AttemptRecord },
+  ): Promise<Outcome> {
     const endpoint = Number(claimed.subscription_id);
     const wentAway = gone.get(endpoint);
     if (wentAway && (claimed.claimedAt ?? 0) <= wentAway.at) {
@@ -226,6 +257,10 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
       secret: row.secret,
       previousSecret: row.previous_secret,
     });
+    // A receiver's answer and error text are stored and shown: never with a secret in it.
+    const clean = (text: string) => redactSecrets(text, [row.secret, row.previous_secret]);
+    const startedAt = new Date();
+    const started = performance.now();
     const result = await sendWebhook({
       url: row.url,
       body,
@@ -233,18 +268,24 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
       timeoutMs: settings.delivery_timeout_seconds * 1000,
       agent: options.agent,
       policy: options.addressPolicy,
+      redact: clean,
     });
-    metrics.httpResponses.inc({
-      ...label,
-      class: statusClass("status" in result ? result.status : null),
-    });
+    const status = "status" in result ? result.status : null;
+    const attempt: AttemptRecord = {
+      number: row.attempts,
+      startedAt,
+      durationMs: Math.round(performance.now() - started),
+      status,
+      error: attemptError(result, clean),
+      excerpt: ("excerpt" in result ? result.excerpt : null) ?? null,
+    };
+    tried.attempt = attempt;
+    metrics.httpResponses.inc({ ...label, class: statusClass(status) });
     if (result.kind === "failed") shares.failing.add(endpoint);
     else shares.failing.delete(endpoint);
-    // A receiver's error text is stored and shown: never with a secret in it.
-    const clean = (text: string) => redactSecrets(text, [row.secret, row.previous_secret]);
     switch (result.kind) {
       case "delivered":
-        return { id: row.id, kind: "success", extra: { last_status: result.status } };
+        return { id: row.id, kind: "success", extra: { last_status: result.status }, attempt };
       case "gone": {
         const reason = `endpoint answered 410 Gone at ${new Date().toISOString()}`;
         gone.set(endpoint, { at: Date.now(), reason });
@@ -258,6 +299,7 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
           kind: "cancel",
           error: `cancelled: ${reason}`,
           extra: { last_status: 410 },
+          attempt,
         };
       }
       case "throttled": {
@@ -269,7 +311,7 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
         const delay = clampRetryAfter(result.retryAfterMs ?? fallback);
         if (throttledUntil.size > 1000) throttledUntil.clear();
         throttledUntil.set(endpoint, Date.now() + delay);
-        return { id: row.id, kind: "defer", at: new Date(Date.now() + delay) };
+        return { id: row.id, kind: "defer", at: new Date(Date.now() + delay), attempt };
       }
       case "refused":
         return {
@@ -277,12 +319,16 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
           kind: "failed",
           error: clean(result.error),
           extra: { last_status: null },
+          attempt,
         };
       case "failed":
-        return retryOrFail(row, settings.delivery_retry_schedule_seconds, clean(result.error), {
-          delayMs: result.retryAfterMs === null ? null : clampRetryAfter(result.retryAfterMs),
-          extra: { last_status: result.status },
-        });
+        return {
+          ...retryOrFail(row, settings.delivery_retry_schedule_seconds, clean(result.error), {
+            delayMs: result.retryAfterMs === null ? null : clampRetryAfter(result.retryAfterMs),
+            extra: { last_status: result.status },
+          }),
+          attempt,
+        };
     }
   }
 
@@ -306,17 +352,21 @@ export function makeDeliveriesWorkload(options: DeliveriesOptions): Workload<Cla
           const endpoint = Number(row.subscription_id);
           // Synchronously, before any await: the drainer admits the next row on this count.
           shares.start(endpoint);
+          const tried: { attempt?: AttemptRecord } = {};
           try {
-            return await deliver(row);
+            return await deliver(row, tried);
           } catch (err) {
             // A bug or a database error while handling this one delivery: it alone goes
             // through the retry schedule; the others in flight are unaffected.
             log.error({ err, deliveryId: row.id }, "delivery failed with an internal error");
-            return retryOrFail(
-              row,
-              settings.delivery_retry_schedule_seconds,
-              `internal error: ${(err as Error).message}`.slice(0, 1000),
-            );
+            return {
+              ...retryOrFail(
+                row,
+                settings.delivery_retry_schedule_seconds,
+                `internal error: ${(err as Error).message}`.slice(0, 1000),
+              ),
+              attempt: tried.attempt,
+            };
           } finally {
             shares.finish(endpoint);
           }
