@@ -204,7 +204,7 @@ export async function stopAll(children: Array<Child | null | undefined>): Promis
 let ticksPerSecond: number | null = null;
 
 /** The kernel's clock ticks per second (CLK_TCK), in which /proc reports CPU time. */
-async function clockTicks(): Promise<number> {
+export async function clockTicks(): Promise<number> {
   if (ticksPerSecond === null) {
     try {
       ticksPerSecond = Number((await run("getconf", ["CLK_TCK"])).stdout.trim()) || 100;
@@ -216,7 +216,7 @@ async function clockTicks(): Promise<number> {
 }
 
 /** utime + stime of a process (all its threads), in clock ticks, or null once it is gone. */
-async function cpuTicks(pid: number): Promise<number | null> {
+export async function cpuTicks(pid: number): Promise<number | null> {
   try {
     const stat = await readFile(`/proc/${pid}/stat`, "utf8");
     // Fields after the command name (which may hold spaces): state is field 3, utime 14.

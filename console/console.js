@@ -111,14 +111,14 @@ const FIGURES = [
 
 /** The charts of one workload: which figures each plots, and its unit. */
 const CHARTS = [
-  { title: "Backlog, in flight, failed", keys: ["backlog", "inFlight", "failed"] },
+  { title: "Rows", keys: ["backlog", "inFlight", "failed"] },
   { title: "Completed per second", keys: ["completedPerSecond"] },
   {
-    title: "Pickup latency (ms)",
+    title: "Pickup (ms)",
     keys: ["pickupLatencyP50Seconds", "pickupLatencyP99Seconds"],
     scale: 1000,
   },
-  { title: "Oldest pending age (s)", keys: ["oldestPendingAgeSeconds"] },
+  { title: "Oldest pending (s)", keys: ["oldestPendingAgeSeconds"] },
 ];
 const COLORS = ["#2563eb", "#16a34a", "#dc2626", "#9333ea"];
 const HISTORY = 15 * 60;
@@ -152,7 +152,7 @@ function buildWorkloadCards() {
       if (chart.keys.length > 1) {
         chart.keys.forEach((key, i) => {
           const label = FIGURES.find((f) => f[0] === key)?.[1] ?? key;
-          caption.append(" ", h("span", { class: `swatch s${i}` }, label));
+          caption.append(" ", h("span", { class: `swatch s${i}` }, label.replace("Pickup ", "")));
         });
       }
       const holder = h("figure", { class: "chart" }, caption);
@@ -327,6 +327,8 @@ function connectStream() {
   });
   source.addEventListener("sample", (e) => {
     live.samples.push(JSON.parse(e.data));
+    // How many samples arrived: lets a test (or a curious operator) see the stream move.
+    document.body.dataset.samples = String(Number(document.body.dataset.samples ?? 0) + 1);
     if (live.samples.length > HISTORY) live.samples.shift();
     renderFigures();
     drawCharts();
@@ -417,7 +419,8 @@ function failedFilter() {
   return filter;
 }
 
-async function loadFailed() {
+/** Lists a page of failed rows; `note` (what was just done) stays above the count. */
+async function loadFailed(note = "") {
   const w = failedWorkload();
   if (!w) return;
   const message = $("#failed-message");
@@ -430,9 +433,10 @@ async function loadFailed() {
     const page = await api(`/admin/${w.rows}/failed?${query}`);
     failed.next = page.next_after_id;
     renderFailed(w, page.items);
-    message.textContent = page.items.length
+    const listed = page.items.length
       ? `${page.items.length} failed ${w.rows} on this page${page.next_after_id ? "; more on the next" : ""}.`
       : `No failed ${w.rows} match.`;
+    message.textContent = note ? `${note} ${listed}` : listed;
   } catch (err) {
     message.textContent = `Could not list failed ${w.rows}: ${err.message}`;
   }
@@ -472,8 +476,7 @@ async function retryOne(w, id) {
   const message = $("#failed-message");
   try {
     await api(`/admin/${w.rows}/${id}/retry`, { method: "POST" });
-    message.textContent = `${w.rows} ${id} is pending again.`;
-    await loadFailed();
+    await loadFailed(`${w.rows} ${id} is pending again.`);
   } catch (err) {
     message.textContent = `Retry of ${id} refused: ${err.message}`;
   }
@@ -503,9 +506,8 @@ async function retryMatching() {
     if (!ok) return;
     const body = Object.keys(filter).length ? filter : { all: true };
     const { retried } = await api(`/admin/${w.rows}/retry`, { method: "POST", body });
-    message.textContent = `${retried} ${w.rows} are pending again.`;
     failed.afterId = 0;
-    await loadFailed();
+    await loadFailed(`${retried} ${w.rows} are pending again.`);
   } catch (err) {
     message.textContent = `Bulk retry refused: ${err.message}`;
   }
