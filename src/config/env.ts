@@ -225,7 +225,10 @@ export const ENV_DOCS: Record<EnvName, { default: string; doc: string }> = {
   },
   HTTP_HOST: { default: "127.0.0.1", doc: "Status server bind address." },
   HTTP_PORT: { default: "8080", doc: "Status server port (0 picks a free one)." },
-  ADMIN_TOKEN: { default: "unset: admin routes off", doc: "Bearer token for /admin routes." },
+  ADMIN_TOKEN: {
+    default: "unset: admin routes and the console off",
+    doc: "Bearer token for /admin routes, and the login of /console (at least 16 characters).",
+  },
   SHIPSTATION_BASE_URL: { default: SHIPSTATION_DEFAULT_BASE_URL, doc: "ShipStation v1 API." },
   SHIPSTATION_API_KEY: { default: "unset: uploads paused", doc: "ShipStation API key." },
   SHIPSTATION_API_SECRET: { default: "unset: uploads paused", doc: "ShipStation API secret." },
