@@ -99,14 +99,34 @@ function confirmAction(text, okLabel = "Confirm") {
 
 // ---- Now: live figures ------------------------------------------------------------
 
+/**
+ * The figures, labelled with their names in /status (workloads.<name>.…) and, in the
+ * tooltip, the metric each comes from, so what an operator reads here is what a
+ * dashboard or a script sees.
+ */
 const FIGURES = [
-  ["backlog", "Backlog", num],
-  ["inFlight", "In flight", num],
-  ["failed", "Failed", num],
-  ["oldestPendingAgeSeconds", "Oldest pending", seconds],
-  ["completedPerSecond", "Completed/s", num],
-  ["pickupLatencyP50Seconds", "Pickup p50", ms],
-  ["pickupLatencyP99Seconds", "Pickup p99", ms],
+  ["backlog", "backlog", num, "/status backlog · reactor_backlog"],
+  ["inFlight", "inFlight", num, "/status inFlight · reactor_in_flight"],
+  ["failed", "failed", num, "/status failed (failed rows in the table)"],
+  [
+    "oldestPendingAgeSeconds",
+    "oldestPendingAge",
+    seconds,
+    "/status oldestPendingAgeSeconds · reactor_oldest_pending_age_seconds",
+  ],
+  ["completedPerSecond", "completed/s", num, "rate of reactor_completed_total (every outcome)"],
+  [
+    "pickupLatencyP50Seconds",
+    "pickup p50",
+    ms,
+    "reactor_pickup_latency_seconds, median of the last 10 s",
+  ],
+  [
+    "pickupLatencyP99Seconds",
+    "pickup p99",
+    ms,
+    "reactor_pickup_latency_seconds, 99th percentile of the last 10 s",
+  ],
 ];
 
 /** The charts of one workload: which figures each plots, and its unit. */
@@ -130,9 +150,9 @@ function buildWorkloadCards() {
   for (const w of config.workloads ?? []) {
     const figures = h("dl", { class: "figures" });
     const values = {};
-    for (const [key, label] of FIGURES) {
+    for (const [key, label, , source] of FIGURES) {
       values[key] = h("dd", { "data-figure": key }, "–");
-      figures.append(h("div", {}, h("dt", {}, label), values[key]));
+      figures.append(h("div", { title: source }, h("dt", {}, label), values[key]));
     }
     const state = h("span", { class: "badge", "data-state": "" }, "…");
     const note = h("p", { class: "note" });
@@ -152,7 +172,7 @@ function buildWorkloadCards() {
       if (chart.keys.length > 1) {
         chart.keys.forEach((key, i) => {
           const label = FIGURES.find((f) => f[0] === key)?.[1] ?? key;
-          caption.append(" ", h("span", { class: `swatch s${i}` }, label.replace("Pickup ", "")));
+          caption.append(" ", h("span", { class: `swatch s${i}` }, label.replace("pickup ", "")));
         });
       }
       const holder = h("figure", { class: "chart" }, caption);
@@ -651,7 +671,7 @@ function subscriptionRow(s) {
       act("Delete", async () => {
         if (
           await confirmAction(
-            `Delete subscription ${s.id} (${s.url})? Its pending deliveries are cancelled.`,
+            `Delete subscription ${s.id} (${s.url})? Its deliveries, pending ones and their history, are deleted with it; disable it instead to keep them.`,
             "Delete",
           )
         )
