@@ -1,10 +1,13 @@
 // The deliveries workload (outbox_events → signed webhooks) as one module, with what only
-// it has: webhook subscriptions, managed through the admin API and the CLI.
+// it has: webhook subscriptions, managed through the admin API and the CLI, and the
+// record of every delivery attempt, read through the admin API.
 import type { FastifyInstance } from "fastify";
 import { afterId, badRequest, idParams, NO_NUL, notFound } from "../../http/validation.js";
 import { makeAgent } from "../../outbound/http.js";
 import { type AddressPolicy, makeAddressPolicy, PrivateAddressError } from "../../outbound/ssrf.js";
 import type { WorkloadContext, WorkloadModule } from "../module.js";
+import { type AttemptViews, makeAttemptViews } from "./attempts.js";
+import { deliveryRoutes } from "./delivery-routes.js";
 import { DELIVERIES_CHANNEL, makeDeliveriesQueue } from "./queue.js";
 import { DELIVERIES_SETTINGS } from "./settings.js";
 import {
@@ -30,9 +33,14 @@ async function urlRefusal(policy: AddressPolicy, url: string): Promise<string | 
   }
 }
 
-function subscriptionRoutes(admin: FastifyInstance, ctx: WorkloadContext) {
+function subscriptionRoutes(admin: FastifyInstance, ctx: WorkloadContext, views: AttemptViews) {
   const urlRefused = (url: string) => urlRefusal(ctx.addressPolicy, url);
   const subs = makeSubscriptions(ctx.pool);
+  /** Subscriptions as listed, each with its attempts of the last day (one query for all). */
+  const withRecent = async <T extends { id: number }>(items: T[]) => {
+    const recent = await views.recentBySubscription(items.map((s) => s.id));
+    return items.map((s) => ({ ...s, recent: recent.get(s.id) }));
+  };
   const r = SUBSCRIPTION_RULES;
   const subscriptionFields = {
     url: { type: "string", minLength: 8, maxLength: r.urlMaxLength, pattern: r.urlPattern },
@@ -68,7 +76,7 @@ function subscriptionRoutes(admin: FastifyInstance, ctx: WorkloadContext) {
     async (req) => {
       const q = req.query as { limit: number; after_id?: number; enabled?: boolean };
       const page = await subs.list({ limit: q.limit, afterId: q.after_id, enabled: q.enabled });
-      return { items: page.items, next_after_id: page.nextAfterId };
+      return { items: await withRecent(page.items), next_after_id: page.nextAfterId };
     },
   );
   admin.post(
@@ -97,7 +105,7 @@ function subscriptionRoutes(admin: FastifyInstance, ctx: WorkloadContext) {
   admin.get("/subscriptions/:id", { schema: { params: idParams } }, async (req, reply) => {
     const { id } = req.params as { id: number };
     const sub = await subs.get(id);
-    return sub ?? notFound(reply, `no subscription with id ${id}`);
+    return sub ? (await withRecent([sub]))[0] : notFound(reply, `no subscription with id ${id}`);
   });
   admin.patch(
     "/subscriptions/:id",
@@ -182,7 +190,11 @@ export const deliveriesModule: WorkloadModule<typeof DELIVERIES_SETTINGS> = {
       logger: ctx.logger,
       metrics: ctx.metrics,
     }),
-    adminRoutes: (admin) => subscriptionRoutes(admin, ctx),
+    adminRoutes: (admin) => {
+      const views = makeAttemptViews(ctx.pool);
+      subscriptionRoutes(admin, ctx, views);
+      deliveryRoutes(admin, views);
+    },
   }),
   cli(program, kit) {
     // A refused input is an expected refusal: one line, as the admin API words it.

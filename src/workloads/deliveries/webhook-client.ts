@@ -19,13 +19,14 @@ export const RETRY_AFTER_STATUSES: ReadonlySet<number> = new Set([429, 502, 503,
  */
 export const ERROR_BODY_BYTES = 1024;
 /**
- * Bytes of a response read before redacting it. A body cut while a secret is only partly
- * read would hide that part from the redaction, so a cut body loses its last
- * SECRET_MARGIN_BYTES first: longer than any spelling of a secret (whsec_ + 88 base64
- * characters, at most 6 bytes each once JSON-escaped), shorter than what is left to keep.
+ * Bytes of a response read and redacted, of which the first ERROR_BODY_BYTES are kept. A
+ * secret cut off by the end of the read escapes the redaction; whatever the redaction
+ * shrank before it, it stays at the end, so a cut body also loses its last
+ * SECRET_MARGIN_CHARS once redacted: more than any spelling of a secret (whsec_ + at most
+ * 88 base64 characters, each at most 6 once JSON-escaped).
  */
 const BODY_READ_BYTES = 4 * 1024;
-const SECRET_MARGIN_BYTES = 1024;
+const SECRET_MARGIN_CHARS = 1024;
 
 /**
  * `excerpt` is the start of the answer's body (redacted, no NUL, at most ERROR_BODY_BYTES
@@ -80,8 +81,9 @@ async function readHead(
 
 /** What is kept of a body: without NUL (PostgreSQL text cannot hold it), redacted, cut. */
 function excerptOf(read: { head: Buffer; cut: boolean }, redact: (text: string) => string): string {
-  const head = read.cut ? read.head.subarray(0, read.head.length - SECRET_MARGIN_BYTES) : read.head;
-  return utf8Prefix(redact(head.toString("utf8").replaceAll("\u0000", "")), ERROR_BODY_BYTES);
+  const text = redact(read.head.toString("utf8").replaceAll("\u0000", ""));
+  const whole = read.cut ? text.slice(0, Math.max(0, text.length - SECRET_MARGIN_CHARS)) : text;
+  return utf8Prefix(whole, ERROR_BODY_BYTES);
 }
 
 export interface SendOptions {
