@@ -2,7 +2,8 @@
 // workload table: claim = one short UPDATE … FOR UPDATE SKIP LOCKED that stamps
 // locked_by/locked_until and counts the attempt; the work happens after it commits;
 // finalize = one batched UPDATE guarded by locked_by that skips rows an application
-// transaction holds locked (they are finalized on a later try, never waited on).
+// transaction holds locked (they are finalized on a later try, never waited on); for a
+// table with an attempt log, the same statement inserts each recorded row's attempt.
 // Table and column names come from code (QueueTableSpec), never from input; every value
 // is a bind parameter. Claim and finalize are prepared by name on a direct pool
 // (canPrepare); through PgBouncer in transaction mode, where a prepared statement may live
