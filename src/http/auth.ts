@@ -4,13 +4,7 @@
 // that changes something must also carry the page's CSRF token; a Bearer header is never
 // sent by a browser on its own, so it needs none. Tokens are compared in constant time.
 import type { FastifyReply, FastifyRequest } from "fastify";
-import {
-  type ConsoleSessions,
-  CSRF_HEADER,
-  readCookie,
-  SESSION_COOKIE,
-  sameSecret,
-} from "./console/session.js";
+import { type ConsoleSessions, CSRF_HEADER, sameSecret } from "./console/session.js";
 
 const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 
@@ -21,14 +15,19 @@ export function makeAdminAuth(token: string, sessions: ConsoleSessions) {
   function identify(req: FastifyRequest): AdminIdentity {
     const match = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? "");
     if (match?.[1]) return sameSecret(match[1], token) ? "bearer" : null;
-    return sessions.valid(readCookie(req.headers.cookie, SESSION_COOKIE)) ? "session" : null;
+    return sessions.fromHeader(req.headers.cookie) ? "session" : null;
   }
 
-  /** Whether a session-authenticated request carries the CSRF token of its cookie. */
+  /**
+   * Whether a session-authenticated request carries the CSRF token of the cookie that
+   * authenticated it (never of another copy sent beside it).
+   */
   function csrfOk(req: FastifyRequest): boolean {
-    const cookie = readCookie(req.headers.cookie, SESSION_COOKIE) ?? "";
+    const cookie = sessions.fromHeader(req.headers.cookie);
     const sent = req.headers[CSRF_HEADER];
-    return typeof sent === "string" && sameSecret(sent, sessions.csrfFor(cookie));
+    return (
+      cookie !== undefined && typeof sent === "string" && sameSecret(sent, sessions.csrfFor(cookie))
+    );
   }
 
   async function requireAdmin(req: FastifyRequest, reply: FastifyReply) {

@@ -24,6 +24,13 @@ export interface ConsoleSessions {
   issue(now?: number): string;
   /** Whether a cookie value is one of ours and not expired. */
   valid(cookie: string | undefined, now?: number): cookie is string;
+  /**
+   * The first valid session among the Cookie header's copies of SESSION_COOKIE, or
+   * undefined. Every copy counts: a sibling host can plant a same-named cookie with a
+   * narrower Path, which the browser then sends first (cookie tossing); it must not lock
+   * the operator out, and cannot log anyone in (it carries no valid signature).
+   */
+  fromHeader(header: string | undefined, now?: number): string | undefined;
   /** The CSRF token that goes with a (valid) cookie value. */
   csrfFor(cookie: string): string;
 }
@@ -33,7 +40,7 @@ export function makeConsoleSessions(adminToken: string): ConsoleSessions {
     createHmac("sha256", adminToken)
       .update(`pg-reactor console ${purpose}\n${value}`)
       .digest("base64url");
-  return {
+  const sessions: ConsoleSessions = {
     issue(now = Date.now()) {
       const expires = Math.floor(now / 1000) + SESSION_SECONDS;
       return `v1.${expires}.${sign("session", String(expires))}`;
@@ -45,20 +52,30 @@ export function makeConsoleSessions(adminToken: string): ConsoleSessions {
       if (Number(match[1]) * 1000 <= now) return false;
       return sameSecret(match[2], sign("session", match[1]));
     },
+    fromHeader(header, now = Date.now()) {
+      return readCookies(header, SESSION_COOKIE).find((value) => sessions.valid(value, now));
+    },
     csrfFor(cookie) {
       return sign("csrf", cookie);
     },
   };
+  return sessions;
 }
 
-/** One cookie's value from a Cookie header, or undefined. */
-export function readCookie(header: string | undefined, name: string): string | undefined {
-  if (!header) return undefined;
+/** Every value of one cookie name in a Cookie header, in the order sent. */
+export function readCookies(header: string | undefined, name: string): string[] {
+  if (!header) return [];
+  const values: string[] = [];
   for (const part of header.split(";")) {
     const eq = part.indexOf("=");
-    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+    if (eq > 0 && part.slice(0, eq).trim() === name) values.push(part.slice(eq + 1).trim());
   }
-  return undefined;
+  return values;
+}
+
+/** One cookie's first value from a Cookie header, or undefined. */
+export function readCookie(header: string | undefined, name: string): string | undefined {
+  return readCookies(header, name)[0];
 }
 
 /** The Set-Cookie value for a session (or, with value null, for ending it). */
