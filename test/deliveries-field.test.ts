@@ -45,7 +45,7 @@ describe("deliveries in the field", () => {
     await app?.stop(1_000);
     app = null;
     await db.pool.query(
-      "TRUNCATE webhook_deliveries, outbox_events, webhook_subscriptions, configuration_params, orders_inbox",
+      "TRUNCATE webhook_delivery_attempts, webhook_deliveries, outbox_events, webhook_subscriptions, configuration_params, orders_inbox",
     );
     receiver.requests.length = 0;
     receiver.delivered.clear();

@@ -69,7 +69,7 @@ describe("claim-ahead, shares and finalize against real receivers", () => {
     await Promise.all(apps.map((a) => a.stop(1_000)));
     apps = [];
     await db.pool.query(
-      "TRUNCATE webhook_deliveries, outbox_events, webhook_subscriptions, configuration_params",
+      "TRUNCATE webhook_delivery_attempts, webhook_deliveries, outbox_events, webhook_subscriptions, configuration_params",
     );
     for (const r of [slow, fast]) {
       r.requests.length = 0;
@@ -271,7 +271,7 @@ describe("finalize, listener and migrations on a direct pool", () => {
     await Promise.all(apps.map((a) => a.stop(1_000)));
     apps = [];
     await db.pool.query(
-      "TRUNCATE webhook_deliveries, outbox_events, webhook_subscriptions, configuration_params",
+      "TRUNCATE webhook_delivery_attempts, webhook_deliveries, outbox_events, webhook_subscriptions, configuration_params",
     );
     receiver.requests.length = 0;
     receiver.delivered.clear();
