@@ -535,6 +535,18 @@ describe("console API under attack", () => {
       expect(await dbState()).toEqual(snapshot);
       expect(snapshot.failed).toBe(1);
 
+      // An XML import (its own body parser, 50 MiB allowed) is refused before its body is read.
+      const orders = async () =>
+        (await db.pool.query("SELECT count(*)::int AS n FROM orders_inbox")).rows[0].n;
+      const ordersBefore = await orders();
+      const xml = await fetch(`${base}/admin/imports`, {
+        method: "POST",
+        headers: { cookie: `${SESSION_COOKIE}=${cookie}`, "content-type": "application/xml" },
+        body: "<Orders><Order><OrderID>csrf</OrderID></Order></Orders>",
+      });
+      expect(xml.status).toBe(403);
+      expect(await orders()).toBe(ordersBefore);
+
       // A form post (what a cross-site page could send) is refused the same way.
       const form = await fetch(`${base}/admin/deliveries/retry`, {
         method: "POST",
@@ -771,6 +783,20 @@ describe("console API under attack", () => {
       expect(bad.status).toBe(400);
       expect((await bad.json()).message).toContain(
         "reactor.wake_source must be one of notify, wal",
+      );
+      // Refused in the trigger's words, quotes and all, though the switch bypasses the trigger.
+      const quoted = await bearer("/admin/settings/wake_source", {
+        method: "PUT",
+        json: { value: "it's" },
+      });
+      expect(quoted.status).toBe(400);
+      const byTrigger = await bearer("/admin/settings/log_level", {
+        method: "PUT",
+        json: { value: "it's" },
+      });
+      expect((await byTrigger.json()).message).toContain("got 'it''s'");
+      expect((await quoted.json()).message).toBe(
+        "reactor.wake_source must be one of notify, wal, got 'it''s'",
       );
       expect((await bearer("/admin/settings/wake_source", { method: "DELETE" })).status).toBe(400);
       const list = await (await bearer("/admin/settings")).json();

@@ -5,7 +5,13 @@
 // replicas follow through the config NOTIFY.
 import type { FastifyInstance } from "fastify";
 import type { App } from "../app.js";
-import { describeExpected, formatSetting, type WakeSource } from "../reactor/settings-spec.js";
+import {
+  describeExpected,
+  formatSetting,
+  parseSetting,
+  SettingValueError,
+  type WakeSource,
+} from "../reactor/settings-spec.js";
 import { switchWakeSource, WakeSourceRefused } from "../reactor/wake-source.js";
 import { SETTINGS } from "../workloads/index.js";
 import { badRequest, NO_NUL, notFound } from "./validation.js";
@@ -71,14 +77,17 @@ export function registerSettingsRoutes(admin: FastifyInstance, app: App): void {
       const { value } = req.body as { value: string };
       if (!known(name)) return notFound(reply, unknown(name));
       if (name === "wake_source") {
-        // The switch checks the server first and moves the triggers with the setting.
-        const mode = value.trim().toLowerCase();
-        if (mode !== "notify" && mode !== "wal")
-          throw badRequest(
-            `reactor.wake_source must be ${describeExpected(spec[name]?.kind ?? { type: "boolean" })}, got '${value}'`,
-          );
+        // The switch checks the server first and moves the triggers with the setting. The
+        // value is refused with the trigger's own words (the switch bypasses the trigger).
+        let mode: WakeSource;
         try {
-          await switchWakeSource(app.pool, mode as WakeSource);
+          mode = parseSetting(SETTINGS, name, value) as WakeSource;
+        } catch (err) {
+          if (err instanceof SettingValueError) throw badRequest(err.message);
+          throw err;
+        }
+        try {
+          await switchWakeSource(app.pool, mode);
         } catch (err) {
           if (err instanceof WakeSourceRefused) throw badRequest(err.message);
           throw err;
