@@ -804,6 +804,27 @@ describe("console API under attack", () => {
         "notify",
       );
     });
+
+    // DEFECT (src/reactor/settings-spec.ts parseSetting, outside this file's owner): it quotes
+    // the value with doubled single quotes only, but the trigger's quote_literal writes a
+    // value with a backslash as E'...' with the backslash doubled, so the two refusals of
+    // one value differ (wake_source, refused by the parser, shows 'a\b'; log_level, refused
+    // by the trigger, shows E'a\\b'). Proposed fix: in parseSetting's fail(), when the text
+    // holds a backslash, write E'<text with \ and ' doubled>' as quote_literal does.
+    it.fails("a value with a backslash is quoted the same by the parser and the trigger", async () => {
+      const viaTrigger = await bearer("/admin/settings/log_level", {
+        method: "PUT",
+        json: { value: "a\\b" },
+      });
+      const viaParser = await bearer("/admin/settings/wake_source", {
+        method: "PUT",
+        json: { value: "a\\b" },
+      });
+      const quote = (message: string) => message.slice(message.lastIndexOf(", got ") + 6);
+      expect(quote((await viaParser.json()).message)).toBe(
+        quote((await viaTrigger.json()).message),
+      );
+    });
   });
 
   describe("failed count", () => {
