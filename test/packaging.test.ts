@@ -142,7 +142,11 @@ describe("packaging", () => {
         ),
         { cwd: ROOT },
       );
-      for (const part of ["package.json", "drizzle", "sql", "bin"]) {
+      const parts = ["package.json", "drizzle", "sql", "bin", "console"];
+      // The Dockerfile copies the same parts into the image.
+      const dockerfile = await read("Dockerfile");
+      for (const part of parts) expect(dockerfile).toMatch(new RegExp(`^COPY ${part} `, "m"));
+      for (const part of parts) {
         await cp(`${ROOT}${part}`, `${dir}/${part}`, { recursive: true });
       }
       // ... and what `npm ci --omit=dev` installs: the lockfile's non-dev packages.
@@ -176,7 +180,7 @@ describe("packaging", () => {
 
       const proc = spawnNode(
         [...NODE_FLAGS, `${dir}/dist/main.js`],
-        { ...env, DATABASE_URL: db.url, HTTP_PORT: "0" },
+        { ...env, DATABASE_URL: db.url, HTTP_PORT: "0", ADMIN_TOKEN: "packaging-admin-token-123" },
         {
           cwd: dir,
           ...nobody,
@@ -190,6 +194,18 @@ describe("packaging", () => {
         what: "ready",
         timeoutMs: 30_000,
       });
+      // The console's page and its assets (uPlot from node_modules) come from this layout.
+      const login = await fetch(`${base}/console`);
+      expect(login.status).toBe(200);
+      const page = await fetch(`${base}/console`, {
+        headers: { authorization: "Bearer packaging-admin-token-123" },
+      });
+      const html = await page.text();
+      const assets = [...html.matchAll(/(?:src|href)="(\/console\/assets\/[^"]+)"/g)].map(
+        (m) => m[1],
+      );
+      expect(assets.length).toBeGreaterThanOrEqual(4);
+      for (const asset of assets) expect((await fetch(`${base}${asset}`)).status).toBe(200);
       proc.child.kill("SIGTERM");
       expect((await proc.exited).code, proc.output()).toBe(0);
       expect(logRecords(proc).map((r) => r.msg)).toContain("stopped cleanly");
