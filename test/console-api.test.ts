@@ -805,13 +805,9 @@ describe("console API under attack", () => {
       );
     });
 
-    // DEFECT (src/reactor/settings-spec.ts parseSetting, outside this file's owner): it quotes
-    // the value with doubled single quotes only, but the trigger's quote_literal writes a
-    // value with a backslash as E'...' with the backslash doubled, so the two refusals of
-    // one value differ (wake_source, refused by the parser, shows 'a\b'; log_level, refused
-    // by the trigger, shows E'a\\b'). Proposed fix: in parseSetting's fail(), when the text
-    // holds a backslash, write E'<text with \ and ' doubled>' as quote_literal does.
-    it.fails("a value with a backslash is quoted the same by the parser and the trigger", async () => {
+    // FIXED (was): parseSetting quoted with doubled single quotes only, while the trigger's
+    // quote_literal writes a value with a backslash as E'...' with the backslash doubled.
+    it("a value with a backslash is quoted the same by the parser and the trigger", async () => {
       const viaTrigger = await bearer("/admin/settings/log_level", {
         method: "PUT",
         json: { value: "a\\b" },
@@ -890,11 +886,9 @@ describe("console API under attack", () => {
       expect((await withCookie(cookie, "/admin/orders/failed/count")).status).toBe(200);
       expect((await fetch(`${base}/admin/orders/failed/count`)).status).toBe(401);
     });
-    // DEFECT (src/http/admin.ts, the lead's, minor): `capped` is count >= limit, so exactly
-    // `limit` matching rows read as "at least that many, the retry stops there" although the
-    // retry takes them all. Proposed fix: count up to limit + 1; answer
-    // {count: min(n, limit), capped: n > limit}.
-    it.fails("exactly `limit` matching rows are not capped", async () => {
+    // FIXED (was): `capped` was count >= limit, so exactly `limit` matching rows read as
+    // capped although the retry takes them all.
+    it("exactly `limit` matching rows are not capped", async () => {
       await db.pool.query(
         `INSERT INTO orders_inbox (order_number, order_key, payload, upload_state, last_error)
          SELECT 'X-' || g, 'x' || g, '{}'::jsonb, 'failed', 'exact limit'

@@ -155,9 +155,10 @@ export async function registerAdminRoutes(
           async (req) => {
             const q = req.query as Query;
             const cap = (q.limit as number | undefined) ?? DEFAULT_BULK_RETRY_LIMIT;
-            const count = await w.rows.count(toFilter(q, w.equals, "querystring"), cap);
-            // What {"…filter…"} sent to POST /<rows>/retry would retry (it stops at its limit).
-            return { count, capped: count >= cap };
+            // One past the cap tells "exactly the cap" from "more than a retry would take".
+            const n = await w.rows.count(toFilter(q, w.equals, "querystring"), cap + 1);
+            // What the same filter sent to POST /<rows>/retry with this limit would retry.
+            return { count: Math.min(n, cap), capped: n > cap };
           },
         );
         admin.post(`/${name}/:id/retry`, { schema: { params: idParams } }, async (req, reply) => {

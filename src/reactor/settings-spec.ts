@@ -78,6 +78,15 @@ export function describeExpected(kind: Kind): string {
   }
 }
 
+/**
+ * A value as PostgreSQL's quote_literal writes it: quotes doubled, and with a backslash
+ * in it, backslashes doubled in an E'…' string.
+ */
+export function quoteLiteral(text: string): string {
+  const quoted = `'${text.replace(/'/g, "''").replace(/\\/g, "\\\\")}'`;
+  return text.includes("\\") ? `E${quoted}` : quoted;
+}
+
 /** Thrown when a stored value does not parse; the message names key, value and expectation. */
 export class SettingValueError extends Error {
   override name = "SettingValueError";
@@ -98,7 +107,7 @@ export function parseSetting(spec: SettingsSpec, name: string, text: string | nu
   const fail = (): never => {
     throw new SettingValueError(
       // Quoted like SQL's quote_literal, so the reactor and the trigger say the same thing.
-      `reactor.${name} must be ${describeExpected(kind)}, got ${text === null ? "NULL" : `'${text.replace(/'/g, "''")}'`}`,
+      `reactor.${name} must be ${describeExpected(kind)}, got ${text === null ? "NULL" : quoteLiteral(text)}`,
     );
   };
   if (text === null) return fail();
