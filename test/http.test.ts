@@ -176,6 +176,8 @@ describe("status server", () => {
     }
     const ok = await api("/admin/subscriptions");
     expect(ok.status).toBe(200);
+    // Admin answers (failed rows, payloads, a secret shown once) are never cached.
+    expect(ok.headers.get("cache-control")).toBe("no-store");
   });
 
   it("subscriptions: create (secret once), list and get (never the secret), update, rotate, delete", async () => {

@@ -109,6 +109,10 @@ export async function registerAdminRoutes(
   await server.register(
     async (admin) => {
       admin.addHook("onRequest", requireAdmin);
+      // Answers carry failed rows, payloads and, once, a new secret: never kept by a cache.
+      admin.addHook("onSend", async (_req, reply) => {
+        reply.header("cache-control", "no-store");
+      });
       admin.setSchemaErrorFormatter(schemaErrors);
       admin.addHook("preHandler", async (req) => {
         const where = { params: req.params, querystring: req.query, body: req.body };
