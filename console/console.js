@@ -68,8 +68,20 @@ const when = (at) => (at ? new Date(at).toLocaleString() : "–");
 
 const views = ["now", "failed", "delivery", "subscriptions", "settings"];
 
+/** A part of the address, decoded; kept as typed where it is not valid percent-encoding. */
+function decodePart(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
+}
+
 function route() {
-  const [name, arg] = location.hash.replace(/^#/, "").split("/");
+  // #view, #view/arg, #view?query (the query is read by the view itself).
+  const [path] = location.hash.replace(/^#/, "").split("?");
+  const [name, raw] = path.split("/");
+  const arg = raw === undefined ? undefined : decodePart(raw);
   const view = views.includes(name) ? name : "now";
   for (const v of views) $(`#view-${v}`).hidden = v !== view;
   for (const a of document.querySelectorAll("[data-nav]")) {
@@ -86,14 +98,40 @@ function route() {
 
 // ---- confirmation -----------------------------------------------------------------
 
+/**
+ * Asks before a change; resolves true only for the confirm button (Cancel and Esc: false).
+ * Focus starts on Cancel, Tab cycles inside the dialog (a modal dialog would otherwise
+ * let it leave for the browser's own controls), and goes back to the opener on close.
+ */
 function confirmAction(text, okLabel = "Confirm") {
   const dialog = $("#confirm");
+  const opener = document.activeElement;
   $("#confirm-text").textContent = text;
   $("#confirm-ok").textContent = okLabel;
   dialog.returnValue = "";
   dialog.showModal();
+  dialog.querySelector('button[value="cancel"]').focus();
   return new Promise((resolve) => {
-    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.addEventListener(
+      "close",
+      () => {
+        if (opener instanceof HTMLElement && opener.isConnected) opener.focus();
+        resolve(dialog.returnValue === "ok");
+      },
+      { once: true },
+    );
+  });
+}
+
+function trapDialogFocus() {
+  const dialog = $("#confirm");
+  dialog.addEventListener("keydown", (e) => {
+    if (e.key !== "Tab") return;
+    const buttons = [...dialog.querySelectorAll("button")];
+    const at = buttons.indexOf(document.activeElement);
+    const next = (at + (e.shiftKey ? -1 : 1) + buttons.length) % buttons.length;
+    e.preventDefault();
+    buttons[next].focus();
   });
 }
 
@@ -317,18 +355,34 @@ function renderStatus() {
   );
 }
 
+/** Waits between our own reconnects once EventSource has given up: 2 s, 4 s … at most 30 s. */
+const stream = { source: null, retryMs: 2_000, timer: null };
+
 function connectStream() {
   const status = $("#stream");
   const source = new EventSource("/console/events");
+  stream.source = source;
   source.addEventListener("open", () => {
     status.textContent = "live";
     status.dataset.state = "live";
+    stream.retryMs = 2_000;
   });
   source.addEventListener("error", () => {
-    status.textContent = "reconnecting…";
     status.dataset.state = "down";
-    // A session that ended shows as an error too: the page's next request finds out.
-    api("/admin/settings").catch(() => {});
+    // A session that ended shows as an error too: this request finds out (a 401 goes to
+    // the login form).
+    api("/console/session").catch(() => {});
+    if (source.readyState !== EventSource.CLOSED) {
+      status.textContent = "reconnecting…";
+      return;
+    }
+    // EventSource gives up for good on an answer other than 200 (a reactor still starting
+    // answers 503): retry ourselves, and say when.
+    const wait = stream.retryMs;
+    stream.retryMs = Math.min(stream.retryMs * 2, 30_000);
+    status.textContent = `disconnected; retrying in ${Math.round(wait / 1000)} s`;
+    clearTimeout(stream.timer);
+    stream.timer = setTimeout(connectStream, wait);
   });
   source.addEventListener("history", (e) => {
     // Columns (see columns() in live.ts) back into one sample per second.
@@ -360,13 +414,24 @@ function connectStream() {
   });
   source.addEventListener("refused", (e) => {
     status.textContent = e.data;
+    status.dataset.state = "down";
     source.close();
   });
 }
 
 // ---- Failed -----------------------------------------------------------------------
 
-const failed = { afterId: 0, next: null, pages: [] };
+/**
+ * The failed list's position: the after_id of this page, of the pages before it (for
+ * "Previous"), of the next one; `seq` drops answers to requests overtaken by a newer one.
+ */
+const failed = { afterId: 0, next: null, pages: [], seq: 0 };
+
+function firstPage() {
+  failed.afterId = 0;
+  failed.pages = [];
+  failed.next = null;
+}
 
 function failedWorkload() {
   const rows = $("#failed-rows").value;
@@ -380,14 +445,13 @@ function setupFailedFilters() {
   if (params.get("rows")) select.value = params.get("rows");
   select.addEventListener("change", () => {
     renderExtraFilters();
-    failed.afterId = 0;
+    firstPage();
     loadFailed();
   });
   renderExtraFilters();
   $("#failed-filter").addEventListener("submit", (e) => {
     e.preventDefault();
-    failed.afterId = 0;
-    failed.pages = [];
+    firstPage();
     loadFailed();
   });
   $("#failed-next").addEventListener("click", () => {
@@ -396,9 +460,13 @@ function setupFailedFilters() {
     failed.afterId = failed.next;
     loadFailed();
   });
+  $("#failed-previous").addEventListener("click", () => {
+    if (!failed.pages.length) return;
+    failed.afterId = failed.pages.pop();
+    loadFailed();
+  });
   $("#failed-first").addEventListener("click", () => {
-    failed.afterId = 0;
-    failed.pages = [];
+    firstPage();
     loadFailed();
   });
   $("#retry-matching").addEventListener("click", retryMatching);
@@ -414,27 +482,37 @@ function renderExtraFilters() {
         {},
         key.replace(/_/g, " "),
         " ",
+        // Text, not type=number: a number field reports "1e" or "abc" as empty, which
+        // would silently drop the filter (and widen a bulk retry); the API says what is wrong.
         h("input", {
           name: key,
-          type: f.type === "integer" ? "number" : "text",
-          min: f.type === "integer" ? 1 : null,
+          type: "text",
+          inputmode: f.type === "integer" ? "numeric" : null,
+          maxlength: 200,
         }),
       ),
     ),
   );
 }
 
-/** The filter as the admin API takes it, from the form (empty fields left out). */
+/**
+ * The filter as the admin API takes it, from the form (empty fields left out). Values go
+ * as typed (the API validates them and says what is wrong); only a well-formed integer
+ * becomes a number, for the JSON body of a bulk retry.
+ */
 function failedFilter() {
   const form = new FormData($("#failed-filter"));
   const filter = {};
   const w = failedWorkload();
-  for (const [key, value] of form) {
+  for (const [key, raw] of form) {
+    const value = String(raw).trim();
     if (key === "rows" || value === "") continue;
-    if (key === "created_after" || key === "created_before")
-      filter[key] = new Date(String(value)).toISOString();
-    else if (w?.filters?.[key]?.type === "integer") filter[key] = Number(value);
-    else filter[key] = String(value);
+    if (key === "created_after" || key === "created_before") {
+      const at = new Date(value);
+      filter[key] = Number.isNaN(at.getTime()) ? value : at.toISOString();
+    } else if (w?.filters?.[key]?.type === "integer" && /^\d{1,15}$/.test(value))
+      filter[key] = Number(value);
+    else filter[key] = value;
   }
   return filter;
 }
@@ -444,6 +522,7 @@ async function loadFailed(note = "") {
   const w = failedWorkload();
   if (!w) return;
   const message = $("#failed-message");
+  const seq = ++failed.seq;
   const query = new URLSearchParams({
     ...failedFilter(),
     limit: "50",
@@ -451,6 +530,7 @@ async function loadFailed(note = "") {
   });
   try {
     const page = await api(`/admin/${w.rows}/failed?${query}`);
+    if (seq !== failed.seq) return;
     failed.next = page.next_after_id;
     renderFailed(w, page.items);
     const listed = page.items.length
@@ -458,9 +538,14 @@ async function loadFailed(note = "") {
       : `No failed ${w.rows} match.`;
     message.textContent = note ? `${note} ${listed}` : listed;
   } catch (err) {
+    if (seq !== failed.seq) return;
+    // No rows rather than the last list: it would look filtered by what was refused.
+    failed.next = null;
+    renderFailed(w, []);
     message.textContent = `Could not list failed ${w.rows}: ${err.message}`;
   }
   $("#failed-next").disabled = failed.next === null;
+  $("#failed-previous").disabled = failed.pages.length === 0;
   $("#failed-first").disabled = failed.afterId === 0;
 }
 
@@ -526,7 +611,7 @@ async function retryMatching() {
     if (!ok) return;
     const body = Object.keys(filter).length ? filter : { all: true };
     const { retried } = await api(`/admin/${w.rows}/retry`, { method: "POST", body });
-    failed.afterId = 0;
+    firstPage();
     await loadFailed(`${retried} ${w.rows} are pending again.`);
   } catch (err) {
     message.textContent = `Bulk retry refused: ${err.message}`;
@@ -707,6 +792,8 @@ async function subscriptionAction(path, method, body) {
     message.textContent = "Done.";
     await loadSubscriptions();
   } catch (err) {
+    // A secret shown by an earlier action is not left beside a refusal.
+    showSecret(null);
     message.textContent = `Refused: ${err.message}`;
   }
 }
@@ -760,7 +847,7 @@ function settingRow(s) {
             method: "PUT",
             body: { value: input.value },
           });
-          row.replaceWith(settingRow(updated));
+          replaceRow(row, updated);
         } catch (err) {
           error.textContent = err.message;
         }
@@ -777,7 +864,7 @@ function settingRow(s) {
             onclick: async () => {
               try {
                 const updated = await api(`/admin/settings/${s.name}`, { method: "DELETE" });
-                row.replaceWith(settingRow(updated));
+                replaceRow(row, updated);
               } catch (err) {
                 error.textContent = err.message;
               }
@@ -805,6 +892,14 @@ function settingRow(s) {
   return row;
 }
 
+/** Shows a setting's new state; the keyboard stays in its field if it was in the row. */
+function replaceRow(row, setting) {
+  const hadFocus = row.contains(document.activeElement);
+  const next = settingRow(setting);
+  row.replaceWith(next);
+  if (hadFocus) next.querySelector("input").focus();
+}
+
 // ---- start ------------------------------------------------------------------------
 
 $("#logout").addEventListener("click", async () => {
@@ -812,6 +907,7 @@ $("#logout").addEventListener("click", async () => {
   location.assign("/console");
 });
 buildWorkloadCards();
+trapDialogFocus();
 setupFailedFilters();
 setupSubscriptionForm();
 window.addEventListener("hashchange", route);

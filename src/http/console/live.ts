@@ -47,8 +47,11 @@ export interface LiveSample {
 }
 
 export interface LiveFeed {
-  /** Starts sending samples to a response (already hijacked); ends with the response. */
-  attach(res: ServerResponse): boolean;
+  /**
+   * Starts sending samples to a response (already hijacked); ends with the response, or
+   * at the first second `authorised` answers false (the session that opened it ended).
+   */
+  attach(res: ServerResponse, authorised?: () => boolean): boolean;
   clients(): number;
   history(): LiveSample[];
   stop(): void;
@@ -104,7 +107,8 @@ const round = (n: number | null) => (n === null ? null : Number(n.toPrecision(4)
 export function makeLiveFeed(app: App): LiveFeed {
   const names = app.reactor.workloads.map((w) => w.name);
   const samples: LiveSample[] = [];
-  const consoles = new Set<ServerResponse>();
+  /** Each connected console, with the check that it may still watch. */
+  const consoles = new Map<ServerResponse, () => boolean>();
   let bounds: number[] = [];
   /** Cumulative pickup buckets per workload, for the last LATENCY_WINDOW + 1 seconds. */
   const bucketHistory: Buckets[] = [];
@@ -141,7 +145,7 @@ export function makeLiveFeed(app: App): LiveFeed {
   }
 
   function send(text: string) {
-    for (const res of consoles) {
+    for (const res of consoles.keys()) {
       if (res.writableLength > MAX_BUFFERED_BYTES) {
         res.end();
         consoles.delete(res);
@@ -180,6 +184,13 @@ export function makeLiveFeed(app: App): LiveFeed {
     const s: LiveSample = { t: now, workloads };
     samples.push(s);
     if (samples.length > HISTORY_SECONDS) samples.shift();
+    // A console whose session ended is let go within a second.
+    for (const [res, authorised] of consoles) {
+      if (!authorised()) {
+        res.end();
+        consoles.delete(res);
+      }
+    }
     if (consoles.size > 0) {
       send(`event: sample\ndata: ${JSON.stringify(s)}\n\n`);
       if (now - lastSnapshotAt >= SNAPSHOT_MS) void refreshSnapshot();
@@ -241,9 +252,9 @@ export function makeLiveFeed(app: App): LiveFeed {
   timer.unref();
 
   return {
-    attach(res) {
+    attach(res, authorised = () => true) {
       if (consoles.size >= MAX_CONSOLES) return false;
-      consoles.add(res);
+      consoles.set(res, authorised);
       res.on("close", () => consoles.delete(res));
       // Reconnect after 2 s if the stream breaks; then the history so far, and the
       // snapshot (fresh, or the last one until the fresh one comes).
@@ -256,7 +267,7 @@ export function makeLiveFeed(app: App): LiveFeed {
     history: () => samples.slice(),
     stop() {
       clearInterval(timer);
-      for (const res of consoles) res.end();
+      for (const res of consoles.keys()) res.end();
       consoles.clear();
     },
   };

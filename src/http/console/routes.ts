@@ -16,13 +16,17 @@ import { makeAdminAuth } from "../auth.js";
 import { type LiveFeed, makeLiveFeed } from "./live.js";
 import {
   type ConsoleSessions,
-  readCookie,
+  readCookies,
   SESSION_COOKIE,
   sameSecret,
   sessionCookie,
 } from "./session.js";
 
 const CONSOLE_DIR = new URL("../../../console/", import.meta.url);
+
+/** The login form's note when the browser still sent a session cookie that is no longer valid. */
+const SESSION_ENDED =
+  "Your session has ended (it lasts 12 hours, and a new ADMIN_TOKEN ends it); log in again.";
 
 /** Failed logins allowed per client address per minute; more are refused with 429. */
 const LOGIN_FAILURES_PER_MINUTE = 10;
@@ -165,8 +169,14 @@ export async function registerConsoleRoutes(
 
     scope.get("/console", async (req, reply) => {
       const who = auth.identify(req);
-      if (who === null) return login(reply, 200, "");
-      let cookie = readCookie(req.headers.cookie, SESSION_COOKIE);
+      if (who === null) {
+        // A cookie that no longer opens anything: the page (or a bookmark) outlived its
+        // session, and the operator should know why the form is back.
+        const ended = readCookies(req.headers.cookie, SESSION_COOKIE).some(Boolean);
+        return login(reply, 200, ended ? SESSION_ENDED : "");
+      }
+      // The copy that authenticated (a planted same-named cookie may be sent first).
+      let cookie = sessions.fromHeader(req.headers.cookie);
       if (!sessions.valid(cookie)) {
         // Proven with a Bearer header: the page's own requests need the cookie.
         cookie = sessions.issue();
@@ -207,21 +217,37 @@ export async function registerConsoleRoutes(
       return reply.header("set-cookie", sessionCookie(null, secure(req))).send({ loggedOut: true });
     });
 
-    scope.get("/console/events", { preHandler: auth.requireAdmin }, async (req, reply) => {
-      const res: ServerResponse = reply.raw;
-      reply.hijack();
-      res.writeHead(200, {
-        "content-type": "text/event-stream; charset=utf-8",
-        "cache-control": "no-store",
-        "x-accel-buffering": "no",
-        connection: "keep-alive",
-      });
-      if (!feed.attach(res)) {
-        res.end("event: refused\ndata: too many consoles are connected to this replica\n\n");
-        return;
-      }
-      req.raw.on("close", () => res.end());
-    });
+    // Whether this browser's session still holds (the page asks when its stream breaks):
+    // answered from the cookie alone, no query.
+    scope.get("/console/session", { preHandler: auth.requireAdmin }, async () => ({ valid: true }));
+
+    // No HEAD: Node sends a HEAD answer's headers only with its end, which a stream never
+    // reaches, so the client would wait forever while holding a console slot.
+    scope.get(
+      "/console/events",
+      { preHandler: auth.requireAdmin, exposeHeadRoute: false },
+      async (req, reply) => {
+        const res: ServerResponse = reply.raw;
+        reply.hijack();
+        res.writeHead(200, {
+          "content-type": "text/event-stream; charset=utf-8",
+          "cache-control": "no-store",
+          "x-accel-buffering": "no",
+          connection: "keep-alive",
+        });
+        // A stream is authorised when it opens; one opened with a session ends when that
+        // session does (EventSource then reconnects, gets 401, and the page goes to login).
+        // A Bearer token stays valid for the life of the process.
+        const session =
+          auth.identify(req) === "session" ? sessions.fromHeader(req.headers.cookie) : null;
+        const authorised = session ? () => sessions.valid(session) : () => true;
+        if (!feed.attach(res, authorised)) {
+          res.end("event: refused\ndata: too many consoles are connected to this replica\n\n");
+          return;
+        }
+        req.raw.on("close", () => res.end());
+      },
+    );
 
     scope.get("/console/assets/:name", async (req, reply) => {
       const { name } = req.params as { name: string };
