@@ -44,6 +44,25 @@ async function api(path, { method = "GET", body } = {}) {
   return data;
 }
 
+/**
+ * Runs `fn` unless the same `key` (a form, a button) is still running it: a double click
+ * or a second Enter does it once (two subscriptions with two secrets, or a second bulk
+ * retry, otherwise). A flag, not `disabled`: disabling the focused button would drop the
+ * keyboard focus.
+ */
+const running = new WeakSet();
+async function exclusive(key, fn) {
+  if (running.has(key)) return;
+  running.add(key);
+  key.setAttribute("aria-busy", "true");
+  try {
+    return await fn();
+  } finally {
+    running.delete(key);
+    key.removeAttribute("aria-busy");
+  }
+}
+
 // ---- formatting -------------------------------------------------------------------
 
 const num = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
@@ -469,7 +488,7 @@ function setupFailedFilters() {
     firstPage();
     loadFailed();
   });
-  $("#retry-matching").addEventListener("click", retryMatching);
+  $("#retry-matching").addEventListener("click", (e) => exclusive(e.currentTarget, retryMatching));
 }
 
 function renderExtraFilters() {
@@ -571,7 +590,19 @@ function renderFailed(w, items) {
           ),
         ),
         h("td", { class: "error-text" }, String(row.last_error ?? "")),
-        h("td", {}, h("button", { type: "button", onclick: () => retryOne(w, row.id) }, "Retry")),
+        h(
+          "td",
+          {},
+          h(
+            "button",
+            {
+              type: "button",
+              "aria-label": `Retry ${w.rows} ${row.id}`,
+              onclick: (e) => exclusive(e.currentTarget, () => retryOne(w, row.id)),
+            },
+            "Retry",
+          ),
+        ),
       ),
     ),
   );
@@ -799,18 +830,22 @@ async function subscriptionAction(path, method, body) {
 }
 
 function setupSubscriptionForm() {
-  $("#sub-create").addEventListener("submit", async (e) => {
+  $("#sub-create").addEventListener("submit", (e) => {
     e.preventDefault();
-    const form = new FormData(e.target);
-    const types = String(form.get("event_types") ?? "")
-      .split(",")
-      .map((t) => t.trim())
-      .filter(Boolean);
-    const body = { url: String(form.get("url")), event_types: types };
-    if (form.get("description")) body.description = String(form.get("description"));
-    await subscriptionAction("/admin/subscriptions", "POST", body);
-    if (!$("#sub-secret").hidden) e.target.reset();
+    exclusive(e.target, () => createSubscription(e.target));
   });
+}
+
+async function createSubscription(target) {
+  const form = new FormData(target);
+  const types = String(form.get("event_types") ?? "")
+    .split(",")
+    .map((t) => t.trim())
+    .filter(Boolean);
+  const body = { url: String(form.get("url")), event_types: types };
+  if (form.get("description")) body.description = String(form.get("description"));
+  await subscriptionAction("/admin/subscriptions", "POST", body);
+  if (!$("#sub-secret").hidden) target.reset();
 }
 
 // ---- Settings ---------------------------------------------------------------------

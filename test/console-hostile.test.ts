@@ -522,6 +522,21 @@ describe("operator console under attack, in a browser", () => {
       expect(await failedNow()).toBe(5);
       expect(await rows.count()).toBe(5);
     }
+
+    // A double click asks once and retries once.
+    const retries: string[] = [];
+    p.on("request", (r) => {
+      if (r.method() === "POST" && r.url().endsWith("/admin/deliveries/retry"))
+        retries.push(r.url());
+    });
+    await p.dblclick("#retry-matching");
+    await p.waitForSelector("#confirm[open]");
+    await p.click("#confirm-ok");
+    await expect
+      .poll(() => p.textContent("#failed-message"))
+      .toMatch(/^5 deliveries are pending again/);
+    expect(retries).toHaveLength(1);
+    expect(await failedNow()).toBe(0);
     expect(w.errors).toEqual([]);
   });
 
@@ -627,6 +642,16 @@ describe("operator console under attack, in a browser", () => {
         if (m) m.textContent = "";
       });
     }
+    // A double click on Create creates one subscription, whose secret is the one shown.
+    await p.fill('#sub-create input[name="url"]', `${receiver.url}/twice`);
+    await p.dblclick('#sub-create button[type="submit"]');
+    await p.locator("[data-secret]").waitFor();
+    await expect.poll(() => p.inputValue('#sub-create input[name="url"]')).toBe("");
+    const twice = await db.pool.query("SELECT secret FROM webhook_subscriptions WHERE url = $1", [
+      `${receiver.url}/twice`,
+    ]);
+    expect(twice.rows).toEqual([{ secret: await p.locator("[data-secret]").textContent() }]);
+
     await p.reload();
     await p.waitForSelector(`#subs-table tr[data-id="${id}"]`);
     expect(await p.textContent("body")).not.toContain(rotated ?? "none");
