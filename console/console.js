@@ -327,13 +327,20 @@ function renderStatus() {
   const snap = live.status;
   if (!snap) return;
   const health = $("#health");
-  health.dataset.status = snap.health.status;
-  health.replaceChildren(
-    h("strong", {}, `Health: ${snap.health.status}`),
-    ...snap.health.checks
-      .filter((c) => c.status !== "pass")
-      .map((c) => h("span", { class: `check ${c.status}` }, `${c.name}: ${c.output ?? c.status}`)),
-  );
+  const failing = snap.health.checks.filter((c) => c.status !== "pass");
+  // It is a live region: rebuilt only when it changes, or a screen reader would read the
+  // same health aloud every five seconds.
+  const said = JSON.stringify([snap.health.status, failing]);
+  if (health.dataset.said !== said) {
+    health.dataset.said = said;
+    health.dataset.status = snap.health.status;
+    health.replaceChildren(
+      h("strong", {}, `Health: ${snap.health.status}`),
+      ...failing.map((c) =>
+        h("span", { class: `check ${c.status}` }, `${c.name}: ${c.output ?? c.status}`),
+      ),
+    );
+  }
   const st = snap.status;
   const items = [
     [
@@ -377,29 +384,34 @@ function renderStatus() {
 /** Waits between our own reconnects once EventSource has given up: 2 s, 4 s … at most 30 s. */
 const stream = { source: null, retryMs: 2_000, timer: null };
 
-function connectStream() {
+/** The stream indicator; on a narrow screen it may be cut, so the full text is its title. */
+function streamState(state, text) {
   const status = $("#stream");
+  status.dataset.state = state;
+  status.textContent = text;
+  status.title = text;
+}
+
+function connectStream() {
   const source = new EventSource("/console/events");
   stream.source = source;
   source.addEventListener("open", () => {
-    status.textContent = "live";
-    status.dataset.state = "live";
+    streamState("live", "live");
     stream.retryMs = 2_000;
   });
   source.addEventListener("error", () => {
-    status.dataset.state = "down";
     // A session that ended shows as an error too: this request finds out (a 401 goes to
     // the login form).
     api("/console/session").catch(() => {});
     if (source.readyState !== EventSource.CLOSED) {
-      status.textContent = "reconnecting…";
+      streamState("down", "reconnecting…");
       return;
     }
     // EventSource gives up for good on an answer other than 200 (a reactor still starting
     // answers 503): retry ourselves, and say when.
     const wait = stream.retryMs;
     stream.retryMs = Math.min(stream.retryMs * 2, 30_000);
-    status.textContent = `disconnected; retrying in ${Math.round(wait / 1000)} s`;
+    streamState("down", `disconnected; retrying in ${Math.round(wait / 1000)} s`);
     clearTimeout(stream.timer);
     stream.timer = setTimeout(connectStream, wait);
   });
@@ -432,8 +444,7 @@ function connectStream() {
     renderFigures();
   });
   source.addEventListener("refused", (e) => {
-    status.textContent = e.data;
-    status.dataset.state = "down";
+    streamState("down", e.data);
     source.close();
   });
 }

@@ -4,7 +4,7 @@
 // reactor restarted under an open page, long failed lists, every setting, subscription
 // refusals, keyboard and screen-reader basics, a phone-sized screen. Real reactor, real
 // PostgreSQL, a fake ShipStation and a webhook receiver on loopback.
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -32,6 +32,7 @@ import {
   type TestDatabase,
   waitFor,
 } from "./helpers/db.js";
+import { ROOT } from "./helpers/process.js";
 import { startReactor } from "./helpers/reactor.js";
 
 const ADMIN_TOKEN = "console-hostile-admin-token-0123456789";
@@ -39,6 +40,7 @@ const ADMIN_TOKEN = "console-hostile-admin-token-0123456789";
 const XSS = `<img src=x onerror="window.__pwned=1">`;
 const XSS_SCRIPT = `<script>window.__pwned=2</script>`;
 const XSS_SVG = `"><svg onload="window.__pwned=3">`;
+const SHOTS = path.join(ROOT, "test-results", "console");
 
 /** A free TCP port on loopback: the status server must come back on the same one. */
 async function freePort(): Promise<number> {
@@ -750,8 +752,62 @@ describe("operator console under attack, in a browser", () => {
       );
       expect({ view, overflow }).toEqual({ view, overflow: 0 });
     }
+    // The stream indicator's longest words move nothing: the header keeps its height.
+    await p.goto(`${base}/console#now`);
+    const header = () =>
+      p.evaluate(() => document.querySelector("body > header")?.getBoundingClientRect().height);
+    const live = await header();
+    // A sticky header that fits in two rows, not a quarter of the screen.
+    expect(live).toBeLessThan(90);
+    await mkdir(SHOTS, { recursive: true });
+    await p.screenshot({ path: path.join(SHOTS, "now-320.png") });
+    console.log(`screenshot: ${path.relative(ROOT, path.join(SHOTS, "now-320.png"))}`);
+    for (const text of [
+      "reconnecting…",
+      "disconnected; retrying in 30 s",
+      "too many consoles are connected to this replica",
+    ]) {
+      await p.evaluate((t) => {
+        const el = document.querySelector("#stream");
+        if (el instanceof HTMLElement) {
+          el.textContent = t;
+          el.dataset.state = "down";
+        }
+      }, text);
+      expect({ text, height: await header() }).toEqual({ text, height: live });
+      expect(
+        await p.evaluate(
+          () => document.documentElement.scrollWidth - document.documentElement.clientWidth,
+        ),
+      ).toBe(0);
+    }
     expect(w.errors).toEqual([]);
     expect(w.csp).toEqual([]);
+  });
+
+  it("the health box, a live region, is not rewritten while nothing changes", async (ctx) => {
+    skipWithoutChromium(ctx, chromiumPath);
+    const { p, w } = await loggedIn();
+    await p.waitForSelector("#health strong");
+    await p.evaluate(() => {
+      const box = document.querySelector("#health");
+      const seen = { mutations: 0 };
+      (window as unknown as { __health: typeof seen }).__health = seen;
+      if (box)
+        new MutationObserver(() => seen.mutations++).observe(box, {
+          childList: true,
+          subtree: true,
+          characterData: true,
+        });
+    });
+    // Two more status snapshots (every 5 s) and the page's own 5 s refresh.
+    await samplesFromNow(p, 11, 20_000);
+    expect(
+      await p.evaluate(
+        () => (window as unknown as { __health: { mutations: number } }).__health.mutations,
+      ),
+    ).toBe(0);
+    expect(w.errors).toEqual([]);
   });
 
   it("live updates do not take the focus or the typing away from a settings field", async (ctx) => {
