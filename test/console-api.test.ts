@@ -977,13 +977,9 @@ describe("console API under attack", () => {
       expect(post.status).toBe(404);
       await waitFor(() => feed?.clients() === 0, { what: "no console left" });
     });
-    // DEFECT (src/http/console/routes.ts, the lead's): Fastify answers HEAD with the GET
-    // handler; the events handler writes headers with writeHead, but Node sends a HEAD
-    // response's headers only with its end, which never comes. The client waits forever and
-    // the request holds one of the MAX_CONSOLES slots until it disconnects. Proposed fix:
-    // register the route with `exposeHeadRoute: false` (HEAD is then 404), or answer HEAD
-    // with the stream's headers and end() before feed.attach().
-    it.fails("HEAD /console/events answers at once and takes no console slot", async () => {
+    // FIXED (was): Fastify answered HEAD with the GET handler, whose headers Node sends only
+    // with an end that never came; the request hung and held a console slot.
+    it("HEAD /console/events answers at once and takes no console slot", async () => {
       const feed = consoleFeeds.get(server);
       const req = httpRequest(`${base}/console/events`, {
         method: "HEAD",
@@ -1006,13 +1002,9 @@ describe("console API under attack", () => {
       }
     });
 
-    // DEFECT (src/http/console/live.ts / routes.ts, the lead's): a stream is authorised once,
-    // when it opens; it then runs past the session's expiry (12 h after login), so a stolen
-    // cookie used just before it expires keeps watching for as long as the socket lives.
-    // Proposed fix: routes.ts passes the cookie's expiry (or, for Bearer, none) to
-    // feed.attach(res, { until }), and the feed's one-second sample ends streams whose
-    // `until` has passed (EventSource then reconnects, gets 401 and the page goes to login).
-    it.fails("a stream opened with a session ends when the session expires", async () => {
+    // FIXED (was): a stream was authorised once, when it opened, and ran past the session's
+    // expiry for as long as the socket lived.
+    it("a stream opened with a session ends when the session expires", async () => {
       const expiresSoon = sessions.issue(Date.now() - SESSION_SECONDS * 1000 + 2_000);
       expect(sessions.valid(expiresSoon)).toBe(true);
       const stream = await openEvents(`${base}/console/events`, {
