@@ -1,8 +1,9 @@
 // `npm run bench:console`: what the console's live stream costs the reactor. The
 // compiled service runs in its own process (as `npm start` runs it, idle, ADMIN_TOKEN
 // set); this process opens 0 or 10 server-sent-event streams to it, alternating, and
-// reads the service's CPU time from /proc over each window. Reported: the service's CPU
-// per second with 0 and 10 consoles (medians over the repeats), the difference, the
+// reads the service's CPU time from /proc over each window; a second service without
+// ADMIN_TOKEN runs beside it as the baseline. Reported: CPU per second without the
+// console, with it and 0 consoles, and with 10 (medians over the repeats), the difference, the
 // bytes each console receives per second, the history a console gets when it connects,
 // and the database transactions per minute in each case.
 import { createServer } from "node:net";
@@ -74,6 +75,14 @@ async function main() {
     ["--max-semi-space-size=2", "--optimize-for-size", "dist/main.js"],
     { DATABASE_URL: url, ADMIN_TOKEN: TOKEN, HTTP_PORT: String(port), LOG_LEVEL: "warn" },
   );
+  // The same service without ADMIN_TOKEN (no console, no sampler) on its own database, in
+  // the same windows: what the console costs before anyone opens it.
+  const bareUrl = await freshDatabase(adminUrl);
+  const bare = spawnChild(
+    "reactor-without-console",
+    ["--max-semi-space-size=2", "--optimize-for-size", "dist/main.js"],
+    { DATABASE_URL: bareUrl, HTTP_PORT: String(await freePort()), LOG_LEVEL: "warn" },
+  );
   const db = new pg.Client({ connectionString: url });
   await db.connect();
   try {
@@ -94,9 +103,11 @@ async function main() {
       const bytes0 = open.reduce((sum, c) => sum + c.counted.bytes, 0);
       const x0 = await xactCommits(db);
       const t0 = await cpuTicks(service.pid);
+      const b0 = await cpuTicks(bare.pid);
       const started = performance.now();
       await sleep(WINDOW_SECONDS * 1000);
       const t1 = await cpuTicks(service.pid);
+      const b1 = await cpuTicks(bare.pid);
       const seconds = (performance.now() - started) / 1000;
       const x1 = await xactCommits(db);
       const bytes1 = open.reduce((sum, c) => sum + c.counted.bytes, 0);
@@ -105,6 +116,7 @@ async function main() {
       await Promise.all(open.map((c) => c.done));
       return {
         cpuMsPerSecond: (((t1 ?? 0) - (t0 ?? 0)) / hz / seconds) * 1000,
+        withoutConsoleCpuMsPerSecond: (((b1 ?? 0) - (b0 ?? 0)) / hz / seconds) * 1000,
         // Two of them are this bench's own reads of the counter.
         transactionsPerMinute: ((x1 - x0 - 2) / seconds) * 60,
         bytesPerConsolePerSecond: consoles ? (bytes1 - bytes0) / consoles / seconds : 0,
@@ -123,6 +135,7 @@ async function main() {
       consoles: CONSOLES,
       windowSeconds: WINDOW_SECONDS,
       repeats: REPEATS,
+      withoutConsoleCpuMsPerSecond: pick(none, "withoutConsoleCpuMsPerSecond"),
       idleCpuMsPerSecond: pick(none, "cpuMsPerSecond"),
       withConsolesCpuMsPerSecond: pick(some, "cpuMsPerSecond"),
       costCpuMsPerSecond: Number(
@@ -138,6 +151,7 @@ async function main() {
   } finally {
     await db.end();
     await service.stop();
+    await bare.stop();
   }
 }
 
