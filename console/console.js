@@ -355,7 +355,10 @@ function renderStatus() {
         ? `wal: ${st.wal?.connected ? "reading the write-ahead log" : `not connected${st.wal?.lastError ? `: ${st.wal.lastError}` : ""}`}`
         : "notify (statement triggers send NOTIFY)",
     ],
-    ["Safety poll", `every ${snap.pollIntervalSeconds} s; last ${ago(st.lastPollAt)}`],
+    [
+      "Safety poll",
+      `every ${snap.pollIntervalSeconds} s; ${st.lastPollAt ? `last ${ago(st.lastPollAt)}` : "none yet (the first runs one interval after start)"}`,
+    ],
   ];
   const ship = st.workloads?.shipments;
   if (ship) {
