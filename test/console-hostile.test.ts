@@ -24,6 +24,7 @@ import {
 import { consoleFeeds, serverUrl, startStatusServer } from "../src/http/server.js";
 import { makeLogger } from "../src/logger.js";
 import { makeMetrics } from "../src/metrics.js";
+import { walMissing } from "../src/reactor/wake-source.js";
 import { chromiumForTests, skipWithoutChromium } from "./helpers/browser.js";
 import {
   createTestDatabase,
@@ -589,14 +590,27 @@ describe("operator console under attack, in a browser", () => {
       .poll(() => p.locator('tr[data-setting="lease_seconds"] [data-value]').textContent())
       .not.toBe("75");
 
-    // wal on a server without wal_level=logical: the refusal, inline, and notify stays.
+    // wal: where the server cannot run it (the machine's PostgreSQL: wal_level=replica), the
+    // refusal says what is missing, inline, and notify stays; where it can (embedded
+    // PostgreSQL may have wal_level=logical), the switch is made and undone from the page.
+    const missing = await walMissing(db.pool);
     const wake = p.locator('tr[data-setting="wake_source"]');
     await wake.locator("input").fill("wal");
     await wake.locator("button", { hasText: "Save" }).click();
-    await expect
-      .poll(() => p.locator('[data-error="wake_source"]').textContent())
-      .toMatch(/wal_level/);
-    expect(await wake.locator("[data-value]").textContent()).toBe("notify");
+    if (missing) {
+      await expect
+        .poll(() => p.locator('[data-error="wake_source"]').textContent())
+        .toBe(`wal refused: ${missing}`);
+      expect(await wake.locator("[data-value]").textContent()).toBe("notify");
+    } else {
+      const switched = p.locator('tr[data-setting="wake_source"]');
+      await expect.poll(() => switched.locator("[data-value]").textContent()).toBe("wal");
+      await switched.locator("input").fill("notify");
+      await switched.locator("button", { hasText: "Save" }).click();
+      await expect
+        .poll(() => p.locator('tr[data-setting="wake_source"] [data-value]').textContent())
+        .toBe("notify");
+    }
     expect(w.errors).toEqual([]);
   });
 

@@ -144,15 +144,17 @@ export async function registerConsoleRoutes(
     req.protocol === "https" || req.headers["x-forwarded-proto"] === "https";
 
   function html(reply: FastifyReply, code: number, body: string) {
-    return reply
+    reply
       .code(code)
       .type("text/html; charset=utf-8")
       .header("content-security-policy", CSP)
       .header("x-frame-options", "DENY")
       .header("x-content-type-options", "nosniff")
       .header("referrer-policy", "no-referrer")
-      .header("cache-control", "no-store")
-      .send(body);
+      .header("cache-control", "no-store");
+    // A page is a few kilobytes and carries its session's CSRF token: compressed per answer.
+    const bytes = Buffer.from(body);
+    return sendCompressed(reply.request, reply, bytes, gzipSync(bytes));
   }
 
   function login(reply: FastifyReply, code: number, message: string) {
