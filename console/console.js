@@ -762,9 +762,13 @@ async function loadSubscriptions() {
 
 function subscriptionRow(s) {
   const rate = s.recent?.success_rate;
-  const recent = s.recent?.attempts
-    ? `${(rate * 100).toFixed(rate === 1 ? 0 : 1)}% of ${s.recent.attempts} attempts`
-    : "no attempts";
+  // null: the day's attempts were too many to count in time (the list answers without them).
+  const recent =
+    s.recent === null
+      ? "not counted (too many attempts to count quickly)"
+      : s.recent?.attempts
+        ? `${(rate * 100).toFixed(rate === 1 ? 0 : 1)}% of ${s.recent.attempts} attempts`
+        : "no attempts";
   const act = (label, fn) => h("button", { type: "button", class: "quiet", onclick: fn }, label);
   return h(
     "tr",
