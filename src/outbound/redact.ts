@@ -31,6 +31,18 @@ export function redactSecrets(
  * escaped, and with `+` (base64) as \u002B, as .NET's encoder does.
  */
 function spellings(secret: string): string[] {
+  const known = spellingsOf.get(secret);
+  if (known) return known;
+  // Every answer of a delivery is redacted with its subscription's secrets: computed once.
+  if (spellingsOf.size >= 1000) spellingsOf.clear();
+  const forms = spellingsNow(secret);
+  spellingsOf.set(secret, forms);
+  return forms;
+}
+
+const spellingsOf = new Map<string, string[]>();
+
+function spellingsNow(secret: string): string[] {
   const json = JSON.stringify(secret).slice(1, -1);
   const forms = [secret, json, json.replace(/\//g, "\\/")];
   for (const f of [...forms]) forms.push(f.replace(/\+/g, "\\u002B"), f.replace(/\+/g, "\\u002b"));

@@ -81,6 +81,8 @@ async function readHead(
 
 /** What is kept of a body: without NUL (PostgreSQL text cannot hold it), redacted, cut. */
 function excerptOf(read: { head: Buffer; cut: boolean }, redact: (text: string) => string): string {
+  // Most answers have no body (204): nothing to redact.
+  if (read.head.length === 0) return "";
   const text = redact(read.head.toString("utf8").replaceAll("\u0000", ""));
   const whole = read.cut ? text.slice(0, Math.max(0, text.length - SECRET_MARGIN_CHARS)) : text;
   return utf8Prefix(whole, ERROR_BODY_BYTES);
