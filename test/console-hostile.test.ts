@@ -25,7 +25,12 @@ import { consoleFeeds, serverUrl, startStatusServer } from "../src/http/server.j
 import { makeLogger } from "../src/logger.js";
 import { makeMetrics } from "../src/metrics.js";
 import { walMissing } from "../src/reactor/wake-source.js";
-import { chromiumForTests, skipWithoutChromium } from "./helpers/browser.js";
+import {
+  chromiumForTests,
+  logInToConsole,
+  samplesFromNow,
+  skipWithoutChromium,
+} from "./helpers/browser.js";
 import {
   createTestDatabase,
   setSetting,
@@ -103,18 +108,8 @@ describe("operator console under attack, in a browser", () => {
     contexts.push(ctx);
     const p = await ctx.newPage();
     const w = watch(p);
-    await p.goto(`${base}/console`);
-    await p.fill("#token", ADMIN_TOKEN);
-    await p.click("button[type=submit]");
-    await p.waitForSelector("#workloads .card");
+    await logInToConsole(p, base, ADMIN_TOKEN);
     return { ctx, p, w };
-  }
-
-  async function samplesFromNow(p: Page, n: number, timeout = 15_000) {
-    const now = Number(await p.evaluate(() => document.body.dataset.samples ?? 0));
-    await p.waitForFunction((want) => Number(document.body.dataset.samples ?? 0) >= want, now + n, {
-      timeout,
-    });
   }
 
   beforeAll(async () => {

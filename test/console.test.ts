@@ -12,7 +12,12 @@ import type { App } from "../src/app.js";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { type Receiver, startReceiver } from "../src/demo/receiver.js";
 import { serverUrl, startStatusServer } from "../src/http/server.js";
-import { chromiumForTests, skipWithoutChromium } from "./helpers/browser.js";
+import {
+  chromiumForTests,
+  logInToConsole,
+  samplesFromNow,
+  skipWithoutChromium,
+} from "./helpers/browser.js";
 import {
   createTestDatabase,
   insertOrders,
@@ -49,19 +54,8 @@ describe("operator console in a browser", () => {
     const ctx = await browser.newContext(options);
     const p = await ctx.newPage();
     p.on("pageerror", (err) => pageErrors.push(err.message));
-    await p.goto(`${base}/console`);
-    await p.fill("#token", ADMIN_TOKEN);
-    await p.click("button[type=submit]");
-    await p.waitForSelector("#workloads .card");
+    await logInToConsole(p, base, ADMIN_TOKEN);
     return { ctx, p };
-  }
-
-  /** Waits for `n` more live samples than the page has now. */
-  async function samplesFromNow(p: Page, n: number) {
-    const now = Number(await p.evaluate(() => document.body.dataset.samples ?? 0));
-    await p.waitForFunction((want) => Number(document.body.dataset.samples ?? 0) >= want, now + n, {
-      timeout: 15_000,
-    });
   }
 
   beforeAll(async () => {

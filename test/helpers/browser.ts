@@ -2,6 +2,7 @@
 // Where Chromium is missing the tests skip and say so; under CI=true a missing Chromium
 // fails instead, so CI never passes without driving the page.
 import { access, constants } from "node:fs/promises";
+import type { Page } from "playwright-core";
 import type { TestContext } from "vitest";
 
 const CANDIDATES = [
@@ -36,4 +37,20 @@ export async function chromiumForTests(): Promise<string | null> {
 
 export function skipWithoutChromium<T>(ctx: TestContext, bin: T | null): asserts bin is T {
   if (bin === null) ctx.skip(`${MISSING}: skipped`);
+}
+
+/** Logs a page in to the console with the admin token and waits for the Now view. */
+export async function logInToConsole(p: Page, base: string, token: string): Promise<void> {
+  await p.goto(`${base}/console`);
+  await p.fill("#token", token);
+  await p.click("button[type=submit]");
+  await p.waitForSelector("#workloads .card");
+}
+
+/** Waits for `n` more live samples than the page has received so far. */
+export async function samplesFromNow(p: Page, n: number, timeout = 15_000): Promise<void> {
+  const now = Number(await p.evaluate(() => document.body.dataset.samples ?? 0));
+  await p.waitForFunction((want) => Number(document.body.dataset.samples ?? 0) >= want, now + n, {
+    timeout,
+  });
 }
