@@ -9,10 +9,17 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from "vi
 import type { App } from "../src/app.js";
 import { makePool, type Pool } from "../src/db/pool.js";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
+import { startReceiver } from "../src/demo/receiver.js";
 import { serverUrl, startStatusServer } from "../src/http/server.js";
 import { makeLogger } from "../src/logger.js";
 import { makeOrdersQueue } from "../src/workloads/uploads/queue.js";
-import { createTestDatabase, insertOrders, type TestDatabase, waitFor } from "./helpers/db.js";
+import {
+  createTestDatabase,
+  insertOrders,
+  subscribe,
+  type TestDatabase,
+  waitFor,
+} from "./helpers/db.js";
 import {
   PGBOUNCER_POOL_SIZE,
   type PgBouncer,
@@ -33,6 +40,7 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
   let failDb: TestDatabase;
   let shipDb: TestDatabase;
   let importDb: TestDatabase;
+  let consoleDb: TestDatabase;
   let fake: FakeShipStation;
   let apps: App[] = [];
   let server: FastifyInstance | null = null;
@@ -42,7 +50,8 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
     const bin = await pgbouncerForTests();
     fake = await startFakeShipStation();
     // One database per test: each has its own rate-limit budget and its own rows.
-    [queueDb, uploadDb, failDb, shipDb, importDb] = await Promise.all([
+    [queueDb, uploadDb, failDb, shipDb, importDb, consoleDb] = await Promise.all([
+      createTestDatabase(),
       createTestDatabase(),
       createTestDatabase(),
       createTestDatabase(),
@@ -53,7 +62,14 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
     bouncer = await startPgBouncer({
       bin,
       adminUrl: inject("adminUrl"),
-      databases: [queueDb.name, uploadDb.name, failDb.name, shipDb.name, importDb.name],
+      databases: [
+        queueDb.name,
+        uploadDb.name,
+        failDb.name,
+        shipDb.name,
+        importDb.name,
+        consoleDb.name,
+      ],
     });
   });
   afterEach(async () => {
@@ -69,7 +85,9 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
   afterAll(async () => {
     await bouncer?.stop();
     await fake?.close();
-    await Promise.all([queueDb, uploadDb, failDb, shipDb, importDb].map((db) => db?.drop()));
+    await Promise.all(
+      [queueDb, uploadDb, failDb, shipDb, importDb, consoleDb].map((db) => db?.drop()),
+    );
   });
 
   /** PgBouncer's clients and server connections for one database, from its admin console. */
@@ -235,6 +253,90 @@ describe("through PgBouncer in transaction mode (DATABASE_URL pooled, LISTEN dir
     fake.webhooks.length = 0;
     fake.shipments.length = 0;
     fake.batches.clear();
+  });
+
+  it("the console's API through the pool: attempts logged by the finalize, success rates, settings, failed counts, the live status", async (ctx) => {
+    skipWithoutPgbouncer(ctx, bouncer);
+    const token = "pgbouncer-console-token-0123456789";
+    const receiver = await startReceiver();
+    try {
+      receiver.script.push({ status: 500, body: "not yet" });
+      await consoleDb.pool.query(
+        "INSERT INTO configuration_params (category, parameter_name, value) VALUES ('reactor', 'delivery_retry_schedule_seconds', '1')",
+      );
+      const app = await startReactor({
+        databaseUrl: bouncer.urlFor(consoleDb.name),
+        env: { LISTEN_DATABASE_URL: consoleDb.url, ADMIN_TOKEN: token },
+      });
+      apps = [app];
+      server = await startStatusServer(app, app.logger);
+      const base = serverUrl(server);
+      const api = async (route: string, init: { method?: string; json?: unknown } = {}) => {
+        const res = await fetch(`${base}${route}`, {
+          method: init.method ?? "GET",
+          headers: {
+            authorization: `Bearer ${token}`,
+            ...(init.json === undefined ? {} : { "content-type": "application/json" }),
+          },
+          body: init.json === undefined ? undefined : JSON.stringify(init.json),
+        });
+        return { status: res.status, json: await res.json() };
+      };
+      const sub = await subscribe(consoleDb.pool, `${receiver.url}/hook`);
+      await consoleDb.pool.query(
+        "INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload) VALUES ('order', 'P-1', 'order.created', '{}')",
+      );
+      const id = await waitFor(
+        async () =>
+          (
+            await consoleDb.pool.query(
+              "SELECT id FROM webhook_deliveries WHERE state = 'delivered'",
+            )
+          ).rows[0]?.id,
+        { what: "the delivery delivered on its second attempt", timeoutMs: 20_000 },
+      );
+      const attempts = await api(`/admin/deliveries/${id}/attempts`);
+      expect(attempts.json.items.map((a: { status: number }) => a.status)).toEqual([500, 204]);
+      const subs = await api("/admin/subscriptions");
+      expect(subs.json.items.find((s: { id: number }) => s.id === sub).recent).toEqual({
+        attempts: 2,
+        succeeded: 1,
+        success_rate: 0.5,
+      });
+      const refused = await api("/admin/settings/lease_seconds", {
+        method: "PUT",
+        json: { value: "abc" },
+      });
+      expect(refused.status).toBe(400);
+      expect(refused.json.message).toBe(
+        "reactor.lease_seconds must be an integer from 5 to 3600, got 'abc'",
+      );
+      const saved = await api("/admin/settings/lease_seconds", {
+        method: "PUT",
+        json: { value: "60" },
+      });
+      expect(saved.json.value).toBe("60");
+      expect((await api("/admin/deliveries/failed/count")).json).toEqual({
+        count: 0,
+        capped: false,
+      });
+      // The live feed's status (failed counts and the status, through the pool).
+      const events = await fetch(`${base}/console/events`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
+      const reader = events.body?.getReader();
+      let text = "";
+      while (reader && !text.includes("event: status")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += new TextDecoder().decode(value);
+      }
+      await reader?.cancel();
+      expect(text).toContain("event: status");
+      expect(await metricTotal(app.metrics.drainErrors)).toBe(0);
+    } finally {
+      await receiver.close();
+    }
   });
 
   it("XML files in a shared folder are imported through the pool, each once, by two replicas", async (ctx) => {
