@@ -435,7 +435,9 @@ describe("console API under attack", () => {
         });
       // A write needs the CSRF token of the copy that authenticated, never another's.
       expect((await put(tossed, sessions.csrfFor("planted"))).status).toBe(403);
-      const other = sessions.issue(Date.now() - 1000);
+      // A minute apart from `good` (a second apart could fall on the same expiry second as
+      // `good` once a second has passed since it was issued, making the two one cookie).
+      const other = sessions.issue(Date.now() - 60_000);
       expect(
         (
           await put(
