@@ -73,3 +73,35 @@ export function makePool(url: string, logger: Logger, options: PoolOptions = {})
   if (options.direct) directPools.add(pool);
   return pool;
 }
+
+/**
+ * Runs `fn` in a transaction on one pooled connection. Nothing here sets session state
+ * (SET LOCAL inside `fn` ends with the transaction), so it works through PgBouncer in
+ * transaction mode. A connection that dies meanwhile
+ * (a restarted server, a terminated backend) is discarded instead of going back to the
+ * pool, and its error event is caught here: the pool listens only to idle connections,
+ * and an unheard error event would end the process.
+ */
+export async function inTransaction<T>(pool: Pool, fn: (client: pg.PoolClient) => Promise<T>) {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  const onError = (err: Error) => {
+    broken ??= err;
+  };
+  client.on("error", onError);
+  try {
+    await client.query("BEGIN");
+    const value = await fn(client);
+    await client.query("COMMIT");
+    return value;
+  } catch (err) {
+    await client.query("ROLLBACK").catch((rollbackError: Error) => {
+      broken ??= rollbackError;
+    });
+    throw err;
+  } finally {
+    client.release(broken);
+    // A discarded connection keeps the listener: it may still report its end.
+    if (!broken) client.removeListener("error", onError);
+  }
+}

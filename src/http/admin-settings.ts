@@ -5,6 +5,7 @@
 // replicas follow through the config NOTIFY.
 import type { FastifyInstance } from "fastify";
 import type { App } from "../app.js";
+import { SETTINGS_ROWS_SQL, type SettingRow } from "../reactor/settings.js";
 import {
   describeExpected,
   formatSetting,
@@ -35,10 +36,7 @@ const spec = SETTINGS as Readonly<
 
 export function registerSettingsRoutes(admin: FastifyInstance, app: App): void {
   async function stored(): Promise<Map<string, string | null>> {
-    const { rows } = await app.pool.query<{ parameter_name: string; value: string | null }>(
-      `SELECT parameter_name, value FROM configuration_params
-       WHERE category = 'reactor' AND sku IS NULL`,
-    );
+    const { rows } = await app.pool.query<SettingRow>(SETTINGS_ROWS_SQL);
     return new Map(rows.map((r) => [r.parameter_name, r.value]));
   }
 

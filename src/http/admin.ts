@@ -25,49 +25,39 @@ const dateTime = { type: "string", format: "date-time", maxLength: 64 } as const
 /** A bulk retry touches at most this many rows unless the body says otherwise. */
 const DEFAULT_BULK_RETRY_LIMIT = 10_000;
 
+/** The filters every failed-rows route takes, plus the module's own (`extra`). */
+const filterFields = (extra: Record<string, unknown>) => ({
+  error_contains: text(200),
+  created_after: dateTime,
+  created_before: dateTime,
+  ...extra,
+});
+
+/** The largest `limit` of a bulk retry (and of counting what one would retry). */
+const bulkLimit = { type: "integer", minimum: 1, maximum: 100_000 } as const;
+
+const objectOf = (properties: Record<string, unknown>) =>
+  ({ type: "object", additionalProperties: false, properties }) as const;
+
 const pageQuery = (extra: Record<string, unknown>) =>
-  ({
-    type: "object",
-    additionalProperties: false,
-    properties: {
-      limit: { type: "integer", minimum: 1, maximum: 500, default: 50 },
-      after_id: afterId,
-      error_contains: text(200),
-      created_after: dateTime,
-      created_before: dateTime,
-      ...extra,
-    },
-  }) as const;
+  objectOf({
+    limit: { type: "integer", minimum: 1, maximum: 500, default: 50 },
+    after_id: afterId,
+    ...filterFields(extra),
+  });
 
 /** The filter of a listing, counted: how many a bulk retry with it would touch. */
 const countQuery = (extra: Record<string, unknown>) =>
-  ({
-    type: "object",
-    additionalProperties: false,
-    properties: {
-      limit: { type: "integer", minimum: 1, maximum: 100_000 },
-      error_contains: text(200),
-      created_after: dateTime,
-      created_before: dateTime,
-      ...extra,
-    },
-  }) as const;
+  objectOf({ limit: bulkLimit, ...filterFields(extra) });
 
 /** No minProperties: an empty body gets the handler's answer, which lists the filters. */
 const retryBody = (extra: Record<string, unknown>) =>
-  ({
-    type: "object",
-    additionalProperties: false,
-    properties: {
-      all: { type: "boolean", const: true },
-      ids: { type: "array", minItems: 1, maxItems: 10_000, items: id },
-      error_contains: text(200),
-      created_after: dateTime,
-      created_before: dateTime,
-      limit: { type: "integer", minimum: 1, maximum: 100_000 },
-      ...extra,
-    },
-  }) as const;
+  objectOf({
+    all: { type: "boolean", const: true },
+    ids: { type: "array", minItems: 1, maxItems: 10_000, items: id },
+    limit: bulkLimit,
+    ...filterFields(extra),
+  });
 
 type Query = Record<string, string | number | boolean | undefined>;
 

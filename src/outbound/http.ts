@@ -79,21 +79,26 @@ export function header(headers: Record<string, string | string[] | undefined>, n
   return Array.isArray(v) ? v[0] : v;
 }
 
+/** The first `limit` bytes of a body, and whether there was more; the rest is drained. */
+export async function readCapped(
+  body: AsyncIterable<Buffer | Uint8Array>,
+  limit: number,
+): Promise<{ head: Buffer; cut: boolean }> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    if (size < limit) chunks.push(Buffer.from(chunk).subarray(0, limit - size));
+    size += chunk.length;
+  }
+  return { head: Buffer.concat(chunks), cut: size > limit };
+}
+
 /** Reads at most `limit` bytes of a body as text, discarding the rest. */
 export async function readTextCapped(
   body: AsyncIterable<Buffer | Uint8Array>,
   limit: number,
 ): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    if (size < limit) {
-      const buf = Buffer.from(chunk);
-      chunks.push(buf.subarray(0, limit - size));
-      size += buf.length;
-    }
-  }
-  return Buffer.concat(chunks).toString("utf8");
+  return (await readCapped(body, limit)).head.toString("utf8");
 }
 
 export function describeNetworkError(err: unknown): string {

@@ -2,7 +2,7 @@
 // delivery with its event and subscription, its attempts, and the subscriptions' recent
 // success rates. The rows are written by the deliveries finalize (queue.ts, attemptLog).
 // Secrets are never selected.
-import type { Pool } from "../../db/pool.js";
+import { inTransaction, type Pool } from "../../db/pool.js";
 
 /** A subscription's success rate counts the attempts started this many hours back. */
 export const RECENT_HOURS = 24;
@@ -117,14 +117,12 @@ export function makeAttemptViews(pool: Pool) {
     async recentBySubscription(ids: number[]): Promise<Map<number, RecentAttempts | null>> {
       const out = new Map<number, RecentAttempts | null>(ids.map((id) => [id, NO_ATTEMPTS]));
       if (ids.length === 0) return out;
-      // SET LOCAL bounds this statement alone, also through PgBouncer in transaction mode.
-      const client = await pool.connect();
       let rows: Array<{ id: string; attempts: number; succeeded: number }>;
       try {
-        await client.query("BEGIN READ ONLY");
-        await client.query(`SET LOCAL statement_timeout = ${RECENT_TIMEOUT_MS}`);
-        rows = (
-          await client.query(
+        rows = await inTransaction(pool, async (client) => {
+          // SET LOCAL bounds this statement alone, also through PgBouncer in transaction mode.
+          await client.query(`SET LOCAL statement_timeout = ${RECENT_TIMEOUT_MS}`);
+          const result = await client.query(
             `SELECT d.subscription_id AS id, count(*)::int AS attempts,
                (count(*) FILTER (WHERE a.status BETWEEN 200 AND 299))::int AS succeeded
              FROM webhook_delivery_attempts a
@@ -133,17 +131,14 @@ export function makeAttemptViews(pool: Pool) {
                AND d.subscription_id = ANY ($1::bigint[])
              GROUP BY d.subscription_id`,
             [ids, RECENT_HOURS],
-          )
-        ).rows;
-        await client.query("COMMIT");
+          );
+          return result.rows;
+        });
       } catch (err) {
-        await client.query("ROLLBACK").catch(() => undefined);
         // 57014: cancelled by the statement timeout. Rates unknown, the list answers.
         if ((err as { code?: string }).code === "57014")
           return new Map(ids.map((id) => [id, null]));
         throw err;
-      } finally {
-        client.release();
       }
       for (const r of rows) {
         out.set(Number(r.id), {

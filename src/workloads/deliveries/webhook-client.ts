@@ -3,7 +3,7 @@
 // dialled (the agent's guard, see makeAgent).
 import type { Agent } from "undici";
 import { request } from "undici";
-import { describeNetworkError, parseRetryAfter } from "../../outbound/http.js";
+import { describeNetworkError, parseRetryAfter, readCapped } from "../../outbound/http.js";
 import { type AddressPolicy, PrivateAddressError } from "../../outbound/ssrf.js";
 
 /**
@@ -65,20 +65,6 @@ export function utf8Prefix(text: string, maxBytes: number): string {
   return bytes.subarray(0, end).toString("utf8");
 }
 
-/** The first `limit` bytes of a body, and whether there was more; the rest is drained. */
-async function readHead(
-  body: AsyncIterable<Buffer | Uint8Array>,
-  limit: number,
-): Promise<{ head: Buffer; cut: boolean }> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    if (size < limit) chunks.push(Buffer.from(chunk).subarray(0, limit - size));
-    size += chunk.length;
-  }
-  return { head: Buffer.concat(chunks), cut: size > limit };
-}
-
 /** What is kept of a body: without NUL (PostgreSQL text cannot hold it), redacted, cut. */
 function excerptOf(read: { head: Buffer; cut: boolean }, redact: (text: string) => string): string {
   // Most answers have no body (204): nothing to redact.
@@ -133,7 +119,7 @@ export async function sendWebhook(options: SendOptions): Promise<WebhookResult> 
       bodyTimeout: options.timeoutMs,
     });
     const status = res.statusCode;
-    const read = await readHead(res.body, BODY_READ_BYTES).catch(() => ({
+    const read = await readCapped(res.body, BODY_READ_BYTES).catch(() => ({
       head: Buffer.alloc(0),
       cut: false,
     }));

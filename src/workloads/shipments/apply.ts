@@ -7,7 +7,7 @@
 // webhook, the poll's overlap, a race between the two) changes nothing and emits nothing.
 // A shipment PostgreSQL cannot store is skipped alone, never the page it came in.
 import type pg from "pg";
-import type { Pool } from "../../db/pool.js";
+import { inTransaction, type Pool } from "../../db/pool.js";
 import { SHIPMENT_TEXT_FIELDS, type Shipment } from "../../outbound/shipstation-client.js";
 
 export type ShipmentSource = "webhook" | "poll";
@@ -122,37 +122,6 @@ const isDataError = (err: unknown) => {
   const code = sqlState(err);
   return typeof code === "string" && DATA_ERROR_CLASSES.includes(code.slice(0, 2));
 };
-
-/**
- * Runs `fn` in a transaction on one pooled connection. Nothing here sets session state,
- * so it works through PgBouncer in transaction mode. A connection that dies meanwhile
- * (a restarted server, a terminated backend) is discarded instead of going back to the
- * pool, and its error event is caught here: the pool listens only to idle connections,
- * and an unheard error event would end the process.
- */
-async function inTransaction<T>(pool: Pool, fn: (client: pg.PoolClient) => Promise<T>) {
-  const client = await pool.connect();
-  let broken: Error | undefined;
-  const onError = (err: Error) => {
-    broken ??= err;
-  };
-  client.on("error", onError);
-  try {
-    await client.query("BEGIN");
-    const value = await fn(client);
-    await client.query("COMMIT");
-    return value;
-  } catch (err) {
-    await client.query("ROLLBACK").catch((rollbackError: Error) => {
-      broken ??= rollbackError;
-    });
-    throw err;
-  } finally {
-    client.release(broken);
-    // A discarded connection keeps the listener: it may still report its end.
-    if (!broken) client.removeListener("error", onError);
-  }
-}
 
 /** Applies shipments in one transaction; throws (everything rolled back) on any error. */
 async function applyBatch(
