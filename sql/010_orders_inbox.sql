@@ -54,19 +54,15 @@ END
 $$;
 
 
--- UPDATE: notify once per statement when rows became claimable now (re-queued,
--- manually retried, or released by a stopping reactor). The reactor's own claims and
--- scheduled retries do not qualify, so its work never wakes itself in a loop.
+-- UPDATE: notify when rows became claimable now (re-queued, manually retried, or released
+-- by a stopping reactor). A row trigger whose WHEN clause (sql/070_wake_source.sql) lets
+-- only such rows through, so the reactor's own claims and finalizes neither run it nor
+-- capture transition tables, and its work never wakes itself in a loop. PostgreSQL sends
+-- identical notifications of one transaction once: a 10,000-row retry still sends one.
 CREATE OR REPLACE FUNCTION reactor_orders_notify_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-  IF EXISTS (
-    SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
-    WHERE n.upload_state = 'pending' AND n.locked_by IS NULL AND n.next_attempt_at <= now()
-      AND (o.upload_state <> 'pending' OR o.locked_by IS NOT NULL)
-  ) THEN
-    PERFORM pg_notify('reactor_orders', '{"v":1,"table":"orders_inbox","op":"UPDATE"}');
-  END IF;
+  PERFORM pg_notify('reactor_orders', '{"v":1,"table":"orders_inbox","op":"UPDATE"}');
   RETURN NULL;
 END
 $$;

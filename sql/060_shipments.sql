@@ -14,16 +14,12 @@ END
 $$;
 
 
+-- Run only for rows that became claimable (the row trigger's WHEN clause,
+-- sql/070_wake_source.sql).
 CREATE OR REPLACE FUNCTION reactor_shipments_notify_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-  IF EXISTS (
-    SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
-    WHERE n.state = 'pending' AND n.locked_by IS NULL AND n.next_attempt_at <= now()
-      AND (o.state <> 'pending' OR o.locked_by IS NOT NULL)
-  ) THEN
-    PERFORM pg_notify('reactor_shipments', '{"v":1,"table":"shipstation_notifications","op":"UPDATE"}');
-  END IF;
+  PERFORM pg_notify('reactor_shipments', '{"v":1,"table":"shipstation_notifications","op":"UPDATE"}');
   RETURN NULL;
 END
 $$;

@@ -1,5 +1,7 @@
 -- The wake source (docs/architecture.md, "Wake source"): how writers wake the reactors.
---   notify: statement triggers send one tiny NOTIFY per statement (any PostgreSQL).
+--   notify: triggers send one tiny NOTIFY per transaction that made work due (any
+--           PostgreSQL): statement triggers on INSERT, row triggers with a WHEN clause
+--           on UPDATE.
 --   wal:    no notify trigger exists at all, so writers capture no transition table and
 --           take no commit-time NOTIFY lock; each reactor reads the commits from the
 --           write-ahead log (publication pg_reactor, a temporary slot per replica).
@@ -49,6 +51,7 @@ CREATE OR REPLACE FUNCTION reactor_apply_wake_source(mode text) RETURNS void
 LANGUAGE plpgsql SET lock_timeout = '5s' AS $$
 DECLARE
   notify_triggers int;
+  row_level_updates int;
   publication_right boolean;
 BEGIN
   IF mode NOT IN ('notify', 'wal') THEN
@@ -59,6 +62,11 @@ BEGIN
   WHERE tgname IN ('reactor_orders_notify_insert', 'reactor_orders_notify_update',
                    'reactor_deliveries_notify_update', 'reactor_shipments_notify_insert',
                    'reactor_shipments_notify_update');
+  -- Earlier versions made the UPDATE triggers statement triggers: those are replaced.
+  SELECT count(*) INTO row_level_updates FROM pg_trigger
+  WHERE tgname IN ('reactor_orders_notify_update', 'reactor_deliveries_notify_update',
+                   'reactor_shipments_notify_update')
+    AND tgtype::int & 1 = 1;
   IF mode = 'wal' THEN
     IF notify_triggers > 0 THEN
       DROP TRIGGER IF EXISTS reactor_orders_notify_insert ON orders_inbox;
@@ -95,7 +103,7 @@ BEGIN
   END IF;
   CREATE OR REPLACE FUNCTION reactor_wake_deliveries() RETURNS void LANGUAGE sql AS
     $f$ SELECT pg_notify('reactor_deliveries', '{"v":1,"table":"webhook_deliveries","op":"INSERT"}') $f$;
-  IF notify_triggers = 5 THEN
+  IF notify_triggers = 5 AND row_level_updates = 3 THEN
     RETURN;
   END IF;
   DROP TRIGGER IF EXISTS reactor_orders_notify_insert ON orders_inbox;
@@ -107,22 +115,33 @@ BEGIN
     AFTER INSERT ON orders_inbox
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_insert();
+  -- UPDATE wakes only for rows that became claimable now (pending, not leased, due) and
+  -- were not before (another state, or leased). Row triggers with that WHEN clause, not
+  -- statement triggers with transition tables: a claim, a finalize or a scheduled retry
+  -- then costs the test of the clause per row and nothing else, where capturing the old
+  -- and new rows of every claim and finalize cost the drain a fifth of its throughput.
   CREATE TRIGGER reactor_orders_notify_update
     AFTER UPDATE ON orders_inbox
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_update();
+    FOR EACH ROW
+    WHEN (NEW.upload_state = 'pending' AND NEW.locked_by IS NULL AND NEW.next_attempt_at <= now()
+          AND (OLD.upload_state <> 'pending' OR OLD.locked_by IS NOT NULL))
+    EXECUTE FUNCTION reactor_orders_notify_update();
   CREATE TRIGGER reactor_deliveries_notify_update
     AFTER UPDATE ON webhook_deliveries
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION reactor_deliveries_notify_update();
+    FOR EACH ROW
+    WHEN (NEW.state = 'pending' AND NEW.locked_by IS NULL AND NEW.next_attempt_at <= now()
+          AND (OLD.state <> 'pending' OR OLD.locked_by IS NOT NULL))
+    EXECUTE FUNCTION reactor_deliveries_notify_update();
   CREATE TRIGGER reactor_shipments_notify_insert
     AFTER INSERT ON shipstation_notifications
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION reactor_shipments_notify_insert();
   CREATE TRIGGER reactor_shipments_notify_update
     AFTER UPDATE ON shipstation_notifications
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION reactor_shipments_notify_update();
+    FOR EACH ROW
+    WHEN (NEW.state = 'pending' AND NEW.locked_by IS NULL AND NEW.next_attempt_at <= now()
+          AND (OLD.state <> 'pending' OR OLD.locked_by IS NOT NULL))
+    EXECUTE FUNCTION reactor_shipments_notify_update();
 EXCEPTION WHEN lock_not_available THEN
   RAISE EXCEPTION 'switching the wake source needs an instant''s lock on orders_inbox, webhook_deliveries and shipstation_notifications, and a transaction held one for 5 s (lock timeout); nothing was changed, try again'
     USING ERRCODE = 'lock_not_available';

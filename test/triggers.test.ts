@@ -1,5 +1,6 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { migrate } from "../src/db/migrate.js";
 import {
   createTestDatabase,
   insertOrders,
@@ -104,6 +105,72 @@ describe("orders_inbox triggers", () => {
     ]);
     expect(rows[0].upload_state).toBe("uploaded");
     await l.close();
+  });
+
+  it("a retry of 10,000 failed orders sends exactly one notification (row triggers, collapsed by PostgreSQL)", async () => {
+    const ids = await insertOrders(db.pool, 10_000);
+    await db.pool.query(
+      "UPDATE orders_inbox SET upload_state = 'failed', last_error = 'x' WHERE id = ANY($1)",
+      [ids],
+    );
+    const l = await listen(db.url, "reactor_orders");
+    await db.pool.query(
+      "UPDATE orders_inbox SET upload_state = 'pending', next_attempt_at = now() WHERE id = ANY($1)",
+      [ids],
+    );
+    await l.flush(db.pool);
+    expect(l.received).toEqual(['{"v":1,"table":"orders_inbox","op":"UPDATE"}']);
+    await l.close();
+  });
+
+  it("the UPDATE wake triggers are row triggers with a WHEN clause: claims and finalizes capture no transition table", async () => {
+    const { rows } = await db.pool.query<{
+      name: string;
+      row_level: boolean;
+      transition: boolean;
+      def: string;
+    }>(
+      `SELECT tgname AS name, (tgtype::int & 1) = 1 AS row_level,
+         (tgoldtable IS NOT NULL OR tgnewtable IS NOT NULL) AS transition,
+         pg_get_triggerdef(oid) AS def
+       FROM pg_trigger WHERE tgname IN ('reactor_orders_notify_update',
+         'reactor_deliveries_notify_update', 'reactor_shipments_notify_update')
+       ORDER BY tgname`,
+    );
+    expect(rows.map((r) => [r.name, r.row_level, r.transition])).toEqual([
+      ["reactor_deliveries_notify_update", true, false],
+      ["reactor_orders_notify_update", true, false],
+      ["reactor_shipments_notify_update", true, false],
+    ]);
+    for (const r of rows) expect(r.def).toMatch(/WHEN \(\(\(new\.(upload_)?state = 'pending'/);
+  });
+
+  it("migrate replaces the statement UPDATE triggers of earlier versions with the row triggers", async () => {
+    const old = await createTestDatabase();
+    try {
+      await old.pool.query(`
+        DROP TRIGGER reactor_orders_notify_update ON orders_inbox;
+        CREATE TRIGGER reactor_orders_notify_update AFTER UPDATE ON orders_inbox
+          REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+          FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_update();
+        UPDATE reactor_sql_files SET checksum = 'an earlier version'`);
+      expect((await migrate(old.url)).sqlApplied).toContain("070_wake_source.sql");
+      const { rows } = await old.pool.query(
+        `SELECT (tgtype::int & 1) = 1 AS row_level, tgoldtable IS NULL AS no_transition
+         FROM pg_trigger WHERE tgname = 'reactor_orders_notify_update'`,
+      );
+      expect(rows).toEqual([{ row_level: true, no_transition: true }]);
+      // And it wakes as before: a released lease notifies once.
+      const [id] = await insertOrders(old.pool, 1);
+      await old.pool.query("UPDATE orders_inbox SET locked_by = 'x' WHERE id = $1", [id]);
+      const l = await listen(old.url, "reactor_orders");
+      await old.pool.query("UPDATE orders_inbox SET locked_by = NULL WHERE id = $1", [id]);
+      await l.flush(old.pool);
+      expect(l.received).toHaveLength(1);
+      await l.close();
+    } finally {
+      await old.drop();
+    }
   });
 
   it("the claim query uses the partial index on due pending rows", async () => {
