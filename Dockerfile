@@ -38,4 +38,4 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.HTTP_PORT||8080)+'/health/live').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 # Exec form, no shell: SIGTERM goes straight to Node, whose handler drains and exits 0.
-CMD ["node", "--max-semi-space-size=2", "--optimize-for-size", "dist/main.js"]
+CMD ["node", "--max-semi-space-size=2", "--heap-growing-percent=30", "dist/main.js"]

@@ -9,6 +9,7 @@
 import { createServer } from "node:net";
 import pg from "pg";
 import { freshDatabase, sleep, xactCommits } from "./lib.js";
+import { NODE_FLAGS } from "../src/runtime-flags.js";
 import { buildChildren, clockTicks, cpuTicks, spawnChild } from "./procs.js";
 
 const CONSOLES = Number(process.env.BENCH_CONSOLES ?? 10);
@@ -72,7 +73,7 @@ async function main() {
   const base = `http://127.0.0.1:${port}`;
   const service = spawnChild(
     "reactor",
-    ["--max-semi-space-size=2", "--optimize-for-size", "dist/main.js"],
+    [...NODE_FLAGS, "dist/main.js"],
     { DATABASE_URL: url, ADMIN_TOKEN: TOKEN, HTTP_PORT: String(port), LOG_LEVEL: "warn" },
   );
   // The same service without ADMIN_TOKEN (no console, no sampler) on its own database, in
@@ -80,7 +81,7 @@ async function main() {
   const bareUrl = await freshDatabase(adminUrl);
   const bare = spawnChild(
     "reactor-without-console",
-    ["--max-semi-space-size=2", "--optimize-for-size", "dist/main.js"],
+    [...NODE_FLAGS, "dist/main.js"],
     { DATABASE_URL: bareUrl, HTTP_PORT: String(await freePort()), LOG_LEVEL: "warn" },
   );
   const db = new pg.Client({ connectionString: url });
