@@ -59,10 +59,33 @@ $$;
 -- only such rows through, so the reactor's own claims and finalizes neither run it nor
 -- capture transition tables, and its work never wakes itself in a loop. PostgreSQL sends
 -- identical notifications of one transaction once: a 10,000-row retry still sends one.
-CREATE OR REPLACE FUNCTION reactor_orders_notify_update() RETURNS trigger
+-- A name of its own: an earlier version's migrate (a replica of it starting again)
+-- redefines reactor_orders_notify_update, never this.
+CREATE OR REPLACE FUNCTION reactor_orders_wake_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
   PERFORM pg_notify('reactor_orders', '{"v":1,"table":"orders_inbox","op":"UPDATE"}');
+  RETURN NULL;
+END
+$$;
+
+-- What the UPDATE trigger of earlier versions calls: a statement trigger with transition
+-- tables. Each sql/ file commits on its own, so such a trigger stays until 070 replaces
+-- it, for ever if 070 cannot take its locks; meanwhile it must still wake only when some
+-- row became claimable, or every claim and finalize would wake the replicas in a loop.
+CREATE OR REPLACE FUNCTION reactor_orders_notify_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_LEVEL = 'ROW' THEN
+    -- A row trigger of this name has the WHEN clause: the row became claimable.
+    PERFORM pg_notify('reactor_orders', '{"v":1,"table":"orders_inbox","op":"UPDATE"}');
+  ELSIF EXISTS (
+    SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
+    WHERE n.upload_state = 'pending' AND n.locked_by IS NULL AND n.next_attempt_at <= now()
+      AND (o.upload_state <> 'pending' OR o.locked_by IS NOT NULL)
+  ) THEN
+    PERFORM pg_notify('reactor_orders', '{"v":1,"table":"orders_inbox","op":"UPDATE"}');
+  END IF;
   RETURN NULL;
 END
 $$;

@@ -51,11 +51,30 @@ CREATE TRIGGER reactor_outbox_fan_out
 
 -- Manual retries (failed → pending) and released leases wake the reactors at once; the
 -- reactor's own claims and scheduled retries do not: the row trigger's WHEN clause
--- (sql/070_wake_source.sql) lets only rows that became claimable run this.
-CREATE OR REPLACE FUNCTION reactor_deliveries_notify_update() RETURNS trigger
+-- (sql/070_wake_source.sql) lets only rows that became claimable run this. A name of its
+-- own, which an earlier version's migrate never redefines.
+CREATE OR REPLACE FUNCTION reactor_deliveries_wake_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
   PERFORM pg_notify('reactor_deliveries', '{"v":1,"table":"webhook_deliveries","op":"UPDATE"}');
+  RETURN NULL;
+END
+$$;
+
+-- The statement trigger of earlier versions, until 070 replaces it (see
+-- reactor_orders_notify_update in 010_orders_inbox.sql).
+CREATE OR REPLACE FUNCTION reactor_deliveries_notify_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_LEVEL = 'ROW' THEN
+    PERFORM pg_notify('reactor_deliveries', '{"v":1,"table":"webhook_deliveries","op":"UPDATE"}');
+  ELSIF EXISTS (
+    SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
+    WHERE n.state = 'pending' AND n.locked_by IS NULL AND n.next_attempt_at <= now()
+      AND (o.state <> 'pending' OR o.locked_by IS NOT NULL)
+  ) THEN
+    PERFORM pg_notify('reactor_deliveries', '{"v":1,"table":"webhook_deliveries","op":"UPDATE"}');
+  END IF;
   RETURN NULL;
 END
 $$;

@@ -62,10 +62,16 @@ BEGIN
   WHERE tgname IN ('reactor_orders_notify_insert', 'reactor_orders_notify_update',
                    'reactor_deliveries_notify_update', 'reactor_shipments_notify_insert',
                    'reactor_shipments_notify_update');
-  -- Earlier versions made the UPDATE triggers statement triggers: those are replaced.
+  -- Earlier versions made the UPDATE triggers statement triggers, or row triggers calling
+  -- the functions an earlier version's migrate redefines: those are replaced.
   SELECT count(*) INTO row_level_updates FROM pg_trigger
-  WHERE tgname IN ('reactor_orders_notify_update', 'reactor_deliveries_notify_update',
-                   'reactor_shipments_notify_update')
+  WHERE (tgname, tgrelid, tgfoid) IN (
+      ('reactor_orders_notify_update', 'orders_inbox'::regclass,
+       'reactor_orders_wake_update()'::regprocedure),
+      ('reactor_deliveries_notify_update', 'webhook_deliveries'::regclass,
+       'reactor_deliveries_wake_update()'::regprocedure),
+      ('reactor_shipments_notify_update', 'shipstation_notifications'::regclass,
+       'reactor_shipments_wake_update()'::regprocedure))
     AND tgtype::int & 1 = 1;
   IF mode = 'wal' THEN
     IF notify_triggers > 0 THEN
@@ -116,22 +122,27 @@ BEGIN
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION reactor_orders_notify_insert();
   -- UPDATE wakes only for rows that became claimable now (pending, not leased, due) and
-  -- were not before (another state, or leased). Row triggers with that WHEN clause, not
-  -- statement triggers with transition tables: a claim, a finalize or a scheduled retry
-  -- then costs the test of the clause per row and nothing else, where capturing the old
-  -- and new rows of every claim and finalize cost the drain a fifth of its throughput.
+  -- were not before (another state, leased, or scheduled later: an operator moving
+  -- waiting retries to now must not wait for the safety poll, and the `wal` reader wakes
+  -- on that too; the reactor itself never moves an unleased row's time). Row triggers
+  -- with that WHEN clause, not statement triggers with transition tables: a claim, a
+  -- finalize or a scheduled retry then costs the test of the clause per row and nothing
+  -- else, where capturing the old and new rows of every claim and finalize cost the
+  -- drain a fifth of its throughput. Each calls a function of its own name (010, 020,
+  -- 060) that no earlier version's migrate redefines.
   CREATE TRIGGER reactor_orders_notify_update
     AFTER UPDATE ON orders_inbox
     FOR EACH ROW
     WHEN (NEW.upload_state = 'pending' AND NEW.locked_by IS NULL AND NEW.next_attempt_at <= now()
-          AND (OLD.upload_state <> 'pending' OR OLD.locked_by IS NOT NULL))
-    EXECUTE FUNCTION reactor_orders_notify_update();
+          AND (OLD.upload_state <> 'pending' OR OLD.locked_by IS NOT NULL
+               OR OLD.next_attempt_at > now()))
+    EXECUTE FUNCTION reactor_orders_wake_update();
   CREATE TRIGGER reactor_deliveries_notify_update
     AFTER UPDATE ON webhook_deliveries
     FOR EACH ROW
     WHEN (NEW.state = 'pending' AND NEW.locked_by IS NULL AND NEW.next_attempt_at <= now()
-          AND (OLD.state <> 'pending' OR OLD.locked_by IS NOT NULL))
-    EXECUTE FUNCTION reactor_deliveries_notify_update();
+          AND (OLD.state <> 'pending' OR OLD.locked_by IS NOT NULL OR OLD.next_attempt_at > now()))
+    EXECUTE FUNCTION reactor_deliveries_wake_update();
   CREATE TRIGGER reactor_shipments_notify_insert
     AFTER INSERT ON shipstation_notifications
     REFERENCING NEW TABLE AS new_rows
@@ -140,8 +151,8 @@ BEGIN
     AFTER UPDATE ON shipstation_notifications
     FOR EACH ROW
     WHEN (NEW.state = 'pending' AND NEW.locked_by IS NULL AND NEW.next_attempt_at <= now()
-          AND (OLD.state <> 'pending' OR OLD.locked_by IS NOT NULL))
-    EXECUTE FUNCTION reactor_shipments_notify_update();
+          AND (OLD.state <> 'pending' OR OLD.locked_by IS NOT NULL OR OLD.next_attempt_at > now()))
+    EXECUTE FUNCTION reactor_shipments_wake_update();
 EXCEPTION WHEN lock_not_available THEN
   RAISE EXCEPTION 'switching the wake source needs an instant''s lock on orders_inbox, webhook_deliveries and shipstation_notifications, and a transaction held one for 5 s (lock timeout); nothing was changed, try again'
     USING ERRCODE = 'lock_not_available';
