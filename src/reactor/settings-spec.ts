@@ -45,7 +45,7 @@ export const CORE_SETTINGS = {
   wake_source: {
     kind: { type: "enum", values: WAKE_SOURCES },
     default: "notify" as WakeSource,
-    doc: "How writers wake the reactors: `notify` (statement triggers send NOTIFY) or `wal` (each replica reads the write-ahead log; writers pay nothing). Set with `npx pg-reactor wake-source`, which checks the server first; see Wake source.",
+    doc: "How writers wake the reactors: `notify` (triggers send NOTIFY) or `wal` (each replica reads the write-ahead log; writers pay nothing). Set with `npx pg-reactor wake-source`, which checks the server first; see Wake source.",
   } satisfies SettingSpec<string>,
 } as const;
 

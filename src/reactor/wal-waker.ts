@@ -194,7 +194,12 @@ export function makeWalWaker(options: WalWakerOptions): WalWaker {
     state.problem = problem;
   }
 
-  /** Would this row, as committed, be claimed now? Mirrors the notify triggers' conditions. */
+  /**
+   * Would this row, as committed, be claimed now? The notify triggers' conditions on the new
+   * row; the old row is not decoded (the publication sends no old values), so any update
+   * that leaves a row pending, unleased and due wakes here, where notify wakes only on the
+   * change that made it so. A wake too many costs one claim that finds nothing.
+   */
   function claimable(table: WalTable, row: Row, inserted: boolean): boolean {
     if (row[table.spec.stateColumn] !== table.spec.states.pending) return false;
     if (inserted) return true;
