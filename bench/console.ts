@@ -8,8 +8,8 @@
 // and the database transactions per minute in each case.
 import { createServer } from "node:net";
 import pg from "pg";
-import { freshDatabase, sleep, xactCommits } from "./lib.js";
 import { NODE_FLAGS } from "../src/runtime-flags.js";
+import { freshDatabase, sleep, xactCommits } from "./lib.js";
 import { buildChildren, clockTicks, cpuTicks, spawnChild } from "./procs.js";
 
 const CONSOLES = Number(process.env.BENCH_CONSOLES ?? 10);
@@ -71,19 +71,20 @@ async function main() {
   const url = await freshDatabase(adminUrl);
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
-  const service = spawnChild(
-    "reactor",
-    [...NODE_FLAGS, "dist/main.js"],
-    { DATABASE_URL: url, ADMIN_TOKEN: TOKEN, HTTP_PORT: String(port), LOG_LEVEL: "warn" },
-  );
+  const service = spawnChild("reactor", [...NODE_FLAGS, "dist/main.js"], {
+    DATABASE_URL: url,
+    ADMIN_TOKEN: TOKEN,
+    HTTP_PORT: String(port),
+    LOG_LEVEL: "warn",
+  });
   // The same service without ADMIN_TOKEN (no console, no sampler) on its own database, in
   // the same windows: what the console costs before anyone opens it.
   const bareUrl = await freshDatabase(adminUrl);
-  const bare = spawnChild(
-    "reactor-without-console",
-    [...NODE_FLAGS, "dist/main.js"],
-    { DATABASE_URL: bareUrl, HTTP_PORT: String(await freePort()), LOG_LEVEL: "warn" },
-  );
+  const bare = spawnChild("reactor-without-console", [...NODE_FLAGS, "dist/main.js"], {
+    DATABASE_URL: bareUrl,
+    HTTP_PORT: String(await freePort()),
+    LOG_LEVEL: "warn",
+  });
   const db = new pg.Client({ connectionString: url });
   await db.connect();
   try {
