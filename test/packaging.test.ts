@@ -273,6 +273,15 @@ describe("the CLI", () => {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? "", DATABASE_URL: db.url },
     }).catch((err: { stdout: string; stderr: string; code: number }) => ({ ...err, failed: true }));
+  /** A command's JSON answer; a command that failed fails the test with what it said. */
+  const cliJson = async (...args: string[]) => {
+    const r = (await cli(...args)) as { stdout: string; stderr: string; code?: number };
+    if (r.code !== undefined || r.stdout.trim() === "")
+      throw new Error(
+        `pg-reactor ${args.join(" ")} exited ${r.code ?? 0}: stdout ${JSON.stringify(r.stdout)}, stderr ${JSON.stringify(r.stderr)}`,
+      );
+    return JSON.parse(r.stdout);
+  };
 
   beforeAll(async () => {
     db = await createTestDatabase();
@@ -288,7 +297,7 @@ describe("the CLI", () => {
       "UPDATE orders_inbox SET upload_state = 'failed', last_error = 'x' WHERE id = ANY($1)",
       [ids],
     );
-    const status = JSON.parse((await cli("status")).stdout);
+    const status = await cliJson("status");
     expect(status.workloads.uploads.failed).toBe(3);
     expect(status.settings.poll_interval_seconds).toBe("30");
     expect((await cli("retry", "--failed", "orders", "--id", String(ids[0]))).stdout).toBe(
@@ -298,26 +307,22 @@ describe("the CLI", () => {
       "retried 2 failed orders\n",
     );
 
-    const added = JSON.parse(
-      (
-        await cli(
-          "subscriptions",
-          "add",
-          // An address literal: no DNS lookup for the SSRF check on a machine without one.
-          "https://93.184.215.14/x",
-          "--event-types",
-          "order.*,invoice.paid",
-        )
-      ).stdout,
+    const added = await cliJson(
+      "subscriptions",
+      "add",
+      // An address literal: no DNS lookup for the SSRF check on a machine without one.
+      "https://93.184.215.14/x",
+      "--event-types",
+      "order.*,invoice.paid",
     );
     expect(added.secret).toMatch(/^whsec_/);
     expect(added.event_types).toEqual(["order.*", "invoice.paid"]);
     const list = (await cli("subscriptions", "list")).stdout;
     expect(list).toContain("93.184.215.14");
     expect(list).not.toContain("whsec_");
-    const rotated = JSON.parse((await cli("subscriptions", "rotate", String(added.id))).stdout);
+    const rotated = await cliJson("subscriptions", "rotate", String(added.id));
     expect(rotated.secret).not.toBe(added.secret);
-    const disabled = JSON.parse((await cli("subscriptions", "disable", String(added.id))).stdout);
+    const disabled = await cliJson("subscriptions", "disable", String(added.id));
     expect(disabled.enabled).toBe(false);
   });
 
