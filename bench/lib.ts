@@ -19,13 +19,33 @@ export function summary(samples: number[]): Summary {
   return { n: s.length, p50: r(at(50)), p95: r(at(95)), p99: r(at(99)), max: r(s.at(-1) ?? 0) };
 }
 
-/** Spins on the event loop (no timer granularity) until `check` holds. */
+/**
+ * Waits until `check` holds, looking again every millisecond. It never spins: a driver
+ * spinning on its event loop takes one of the machine's cores from the processes it
+ * measures (and keeps its own loop hot, which flatters anything running inside it). So
+ * latencies are taken from timestamps recorded where the event happens (see
+ * `stampArrivals`), never from when this wait notices it.
+ */
 export async function until(check: () => boolean, timeoutMs = 120_000): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (!check()) {
     if (performance.now() > deadline) throw new Error("bench step timed out");
-    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setTimeout(r, 1));
   }
+}
+
+/**
+ * When each key was first set in `map` (a fake's record of what it received), on the
+ * clock `now`: the arrival time itself, not when a wait noticed it.
+ */
+export function stampArrivals<K, V>(map: Map<K, V>, now: () => number): Map<K, number> {
+  const arrivals = new Map<K, number>();
+  const set = map.set.bind(map);
+  map.set = (key: K, value: V) => {
+    if (!arrivals.has(key)) arrivals.set(key, now());
+    return set(key, value);
+  };
+  return arrivals;
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -11,7 +11,15 @@ import type { WakeSource } from "../src/reactor/settings-spec.js";
 import { switchWakeSource, walMissing } from "../src/reactor/wake-source.js";
 import { NODE_FLAGS } from "../src/runtime-flags.js";
 import { startReactor, startReplicas } from "../test/helpers/reactor.js";
-import { freshDatabase, idlePerHour, type Summary, sleep, summary, until } from "./lib.js";
+import {
+  freshDatabase,
+  idlePerHour,
+  type Summary,
+  sleep,
+  stampArrivals,
+  summary,
+  until,
+} from "./lib.js";
 import {
   benchChild,
   buildChildren,
@@ -133,7 +141,9 @@ const firstAfter = (marks: number[], t: number) => marks.find((m) => m >= t) ?? 
 async function measurePickup(
   samples: number,
   marks: Marks,
-  insert: (i: number) => Promise<{ rowId: number; committedAt: number; arrived: () => boolean }>,
+  insert: (
+    i: number,
+  ) => Promise<{ rowId: number; committedAt: number; arrivedAt: () => number | undefined }>,
 ): Promise<Omit<Pickup, "wakeSource" | "eventLoopDelay">> {
   const handler: number[] = [];
   const target: number[] = [];
@@ -147,7 +157,7 @@ async function measurePickup(
     marks.woken.length = 0;
     marks.claiming.length = 0;
     const t0 = clock();
-    const { rowId, committedAt, arrived } = await insert(i);
+    const { rowId, committedAt, arrivedAt } = await insert(i);
     await until(() => marks.claimed.has(rowId));
     const claimedAt = marks.claimed.get(rowId) as number;
     handler.push(claimedAt - t0);
@@ -157,8 +167,8 @@ async function measurePickup(
     stage.toWake.push(wokenAt - t0);
     stage.wakeToClaimSent.push(claimSentAt - wokenAt);
     stage.claimRoundTrip.push(claimedAt - claimSentAt);
-    await until(arrived);
-    target.push(clock() - t0);
+    await until(() => arrivedAt() !== undefined);
+    target.push((arrivedAt() as number) - t0);
     // Isolated samples: the next row is inserted once this one's result is recorded, so
     // each sample is one row arriving at an idle reactor (graphile-worker's likewise).
     await until(() => marks.finalized.has(rowId));
@@ -190,6 +200,7 @@ export async function uploadPickup(
     await setWakeSource(url, "wal");
   }
   const fake = await startFakeShipStation();
+  const arrivals = stampArrivals(fake.received, clock);
   const reactor = await startRecordingReactor(url, "uploads", fake.url);
   const { marks } = reactor;
   const db = new pg.Client({ connectionString: url });
@@ -201,7 +212,7 @@ export async function uploadPickup(
       [key, PAYLOAD],
     );
     const committedAt = clock();
-    return { rowId: Number(rows[0].id), committedAt, arrived: () => fake.received.has(key) };
+    return { rowId: Number(rows[0].id), committedAt, arrivedAt: () => arrivals.get(key) };
   });
   const eventLoopDelay = await reactor.eventLoopDelay();
   await reactor.child.stop();
@@ -213,6 +224,7 @@ export async function uploadPickup(
 export async function deliveryPickup(adminUrl: string, samples: number): Promise<Pickup> {
   const url = await freshDatabase(adminUrl);
   const receiver = await startReceiver();
+  const arrivals = stampArrivals(receiver.delivered, clock);
   const db = new pg.Client({ connectionString: url });
   await db.connect();
   await db.query("INSERT INTO webhook_subscriptions (url, secret) VALUES ($1, $2)", [
@@ -232,7 +244,7 @@ export async function deliveryPickup(adminUrl: string, samples: number): Promise
     return {
       rowId: Number(d.rows[0].id),
       committedAt,
-      arrived: () => receiver.delivered.has(eventId),
+      arrivedAt: () => arrivals.get(eventId),
     };
   });
   const eventLoopDelay = await reactor.eventLoopDelay();
