@@ -25,6 +25,15 @@ import {
 } from "./helpers/db.js";
 import { startReactor } from "./helpers/reactor.js";
 
+/** Marks every pending row of the three work tables finished: a test starts from none. */
+async function finishPending(pool: pg.Pool) {
+  await pool.query(
+    "UPDATE orders_inbox SET upload_state = 'uploaded' WHERE upload_state = 'pending'",
+  );
+  await pool.query("UPDATE webhook_deliveries SET state = 'delivered' WHERE state = 'pending'");
+  await pool.query("UPDATE shipstation_notifications SET state = 'done' WHERE state = 'pending'");
+}
+
 const ORDERS = '{"v":1,"table":"orders_inbox","op":"UPDATE"}';
 const DELIVERIES = '{"v":1,"table":"webhook_deliveries","op":"UPDATE"}';
 const SHIPMENTS = '{"v":1,"table":"shipstation_notifications","op":"UPDATE"}';
@@ -202,15 +211,7 @@ describe("every way a row becomes claimable wakes once; the reactor's own writes
   // so they waited for the safety poll (30 s by default), while the `wal` reader wakes
   // on the same commit. Expected one notification per table, got none.
   it("waiting retries moved to now wake once per table; moved to another later time, or a due row touched, do not", async () => {
-    await db.pool.query(
-      "UPDATE orders_inbox SET upload_state = 'uploaded' WHERE upload_state = 'pending'",
-    );
-    await db.pool.query(
-      "UPDATE webhook_deliveries SET state = 'delivered' WHERE state = 'pending'",
-    );
-    await db.pool.query(
-      "UPDATE shipstation_notifications SET state = 'done' WHERE state = 'pending'",
-    );
+    await finishPending(db.pool);
     const orders = await insertOrders(db.pool, 5);
     const deliveries = await failedDeliveries(db.pool, 5);
     const notes = await failedNotifications(db.pool, 5);
@@ -314,15 +315,7 @@ describe("every way a row becomes claimable wakes once; the reactor's own writes
   });
 
   it("the reactor's claims, renewals, finalizes (success, retry later, failed) and a release of nothing send nothing on any table", async () => {
-    await db.pool.query(
-      "UPDATE orders_inbox SET upload_state = 'uploaded' WHERE upload_state = 'pending'",
-    );
-    await db.pool.query(
-      "UPDATE webhook_deliveries SET state = 'delivered' WHERE state = 'pending'",
-    );
-    await db.pool.query(
-      "UPDATE shipstation_notifications SET state = 'done' WHERE state = 'pending'",
-    );
+    await finishPending(db.pool);
     await insertOrders(db.pool, 6);
     await failedDeliveries(db.pool, 6);
     await db.pool.query("UPDATE webhook_deliveries SET state = 'pending' WHERE state = 'failed'");
