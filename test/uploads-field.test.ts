@@ -68,6 +68,7 @@ describe("uploads in the field", () => {
     apps = [];
     await db.pool.query("TRUNCATE orders_inbox, reactor_rate_limits, configuration_params");
     fake.calls.length = 0;
+    fake.gets.length = 0;
     fake.received.clear();
     fake.script.length = 0;
     fake.defaultResponse = {};
@@ -206,9 +207,28 @@ describe("uploads in the field", () => {
     await waitFor(async () => (await metricTotal(app.metrics.safetyPolls)) >= polls + 2, {
       what: "two safety polls while the budget is spent",
     });
-    expect(fake.calls).toHaveLength(2);
+    // The budget is ShipStation's: the shipment poll's GET, when its turn falls in this
+    // test (run alone, it does), takes a slot as createorders calls do.
+    expect(fake.calls.length + fake.gets.length).toBe(2);
     // One claim's worth at most was handed back, not the backlog once per poll.
     expect(await metricTotal(app.metrics.claimed)).toBeLessThanOrEqual(2 + 4);
+  });
+
+  it("at the default budget (40 calls a minute, not set here) the 41st call waits for the next window", async () => {
+    // Only the batch size is lowered, so 45 orders are 45 calls; the limit is the shipped one.
+    await setSetting(db.pool, "upload_batch_size", "1");
+    const app = await start();
+    await insertOrders(db.pool, 45, { prefix: "dl" });
+    await waitFor(async () => (await metricTotal(app.metrics.deferred)) > 0, {
+      what: "a hand-back at the default limit",
+    });
+    // Every ShipStation call counts, the shipment poll's GET included when its turn falls here.
+    expect(fake.calls.length + fake.gets.length).toBe(40);
+    const { rows } = await db.pool.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM orders_inbox WHERE upload_state = 'pending' AND attempts = 0",
+    );
+    // The orders over the budget wait with no attempt used.
+    expect(rows[0]?.n).toBe(45 - fake.calls.length);
   });
 
   it("upload_rate_limit_per_minute is one budget for all replicas", async () => {
