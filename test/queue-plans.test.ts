@@ -187,35 +187,3 @@ describe("claim and finalize commits", () => {
     }
   });
 });
-
-describe("claims are HOT updates", () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(async () => {
-    await db?.drop();
-  });
-
-  // The work tables keep half of each page free (drizzle/0007_queue_fillfactor.sql). A
-  // claim changes no indexed column, so with room on the row's page it adds no index
-  // entry at all; on full pages every claim wrote one into each of the table's indexes.
-  it("a claim of freshly inserted orders updates every row in place, without index entries", async () => {
-    await insertOrders(db.pool, 500);
-    const client = await db.pool.connect();
-    try {
-      const queue = makeOrdersQueue(client as unknown as pg.Pool);
-      await client.query("BEGIN");
-      const rows = await queue.claim("hot-test", { limit: 500, leaseSeconds: 60, maxAttempts: 5 });
-      expect(rows).toHaveLength(500);
-      const { rows: counts } = await client.query(
-        `SELECT pg_stat_get_xact_tuples_updated('orders_inbox'::regclass)::int AS updated,
-           pg_stat_get_xact_tuples_hot_updated('orders_inbox'::regclass)::int AS hot`,
-      );
-      expect(counts[0]).toEqual({ updated: 500, hot: 500 });
-      await client.query("ROLLBACK");
-    } finally {
-      client.release();
-    }
-  });
-});

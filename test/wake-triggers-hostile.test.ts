@@ -744,7 +744,9 @@ describe("fillfactor 50 and 40 (drizzle/0007_queue_fillfactor.sql)", () => {
   });
 
   /** Claims 300 fresh rows of the table in one transaction; counts its (HOT) updates. */
-  async function claimCounts(make: typeof makeDeliveriesQueue | typeof makeNotificationsQueue) {
+  async function claimCounts(
+    make: typeof makeOrdersQueue | typeof makeDeliveriesQueue | typeof makeNotificationsQueue,
+  ) {
     const client = await db.pool.connect();
     try {
       const queue = make(client as unknown as pg.Pool);
@@ -762,6 +764,14 @@ describe("fillfactor 50 and 40 (drizzle/0007_queue_fillfactor.sql)", () => {
       client.release();
     }
   }
+
+  // A claim changes no indexed column, so with room on the row's page it adds no index
+  // entry at all; on full pages (the default fillfactor of 100) every claim wrote one into
+  // each of the table's indexes.
+  it("a claim of 300 freshly inserted orders updates every row in place, without index entries", async () => {
+    await insertOrders(db.pool, 300);
+    expect(await claimCounts(makeOrdersQueue)).toEqual({ updated: 300, hot: 300 });
+  });
 
   // FIXED (was: 280 of 300 claims HOT at fillfactor 50, PostgreSQL 15): fillfactor 40.
   it("a claim of 300 fresh shipment notifications is HOT throughout", async () => {
