@@ -1,3 +1,5 @@
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import pg from "pg";
 import { Webhook } from "standardwebhooks";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -280,6 +282,43 @@ describe.each(WAKE_SOURCES)("outbox → webhook deliveries (wake source %s)", (m
       last_status: null,
       last_error: "timed out after 1 s",
     });
+  });
+
+  it("a receiver that answers 200 and trickles its body forever is delivered, and let go at the deadline", async () => {
+    // A byte every 200 ms: undici's gap timeout (1 s between chunks) never fires, so only
+    // the attempt's whole-request deadline ends it.
+    const timers = new Set<NodeJS.Timeout>();
+    const trickle = createServer((req, res) => {
+      req.resume();
+      res.writeHead(200, { "content-type": "text/plain" });
+      const t = setInterval(() => res.write("."), 200);
+      timers.add(t);
+      res.on("close", () => clearInterval(t));
+    });
+    await new Promise<void>((r) => trickle.listen(0, "127.0.0.1", r));
+    try {
+      const port = (trickle.address() as AddressInfo).port;
+      await setSetting(db.pool, "delivery_timeout_seconds", "1");
+      await setSetting(db.pool, "delivery_retry_schedule_seconds", "60");
+      await subscribe(db.pool, `http://127.0.0.1:${port}/drip`);
+      await start();
+      await emit(db.pool, "order.created");
+      // The 200 came: the receiver took the event. The deadline ends the read of the rest.
+      const row = await waitFor(async () => {
+        const r = await deliveryRows(db.pool);
+        return r[0]?.state !== "pending" ? r[0] : null;
+      });
+      expect(row).toMatchObject({ state: "delivered", attempts: 1, last_status: 200 });
+      const { rows: attempts } = await db.pool.query(
+        "SELECT status, error, response_excerpt FROM webhook_delivery_attempts",
+      );
+      expect(attempts).toHaveLength(1);
+      expect(attempts[0]).toMatchObject({ status: 200, error: null });
+    } finally {
+      for (const t of timers) clearInterval(t);
+      trickle.closeAllConnections();
+      await new Promise((r) => trickle.close(r));
+    }
   });
 
   it("refuses loopback targets, by literal IP and by a hostname resolving to loopback", async () => {

@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 import { EnvError, loadEnv } from "../src/config/env.js";
 import { newSecret, startReceiver } from "../src/demo/receiver.js";
 import { makeAgent } from "../src/outbound/http.js";
-import { makeAddressPolicy } from "../src/outbound/ssrf.js";
+import { makeAddressPolicy, PrivateAddressError } from "../src/outbound/ssrf.js";
 import { scheduledDelayMs } from "../src/reactor/backoff.js";
 import { parsePayload } from "../src/reactor/listener.js";
 import { defaultSettings, parseSetting } from "../src/reactor/settings-spec.js";
@@ -235,6 +235,20 @@ describe("SSRF guard", () => {
       "::7f00:1",
     ])
       expect(policy.refusal(a), a).not.toBeNull();
+  });
+  it("the pre-check's kept verdict refuses again with the same words, and allows again", async () => {
+    const policy = makeAddressPolicy(loadEnv({ WEBHOOK_ALLOWED_NETWORKS: "127.0.0.2/32" }));
+    const first = await policy.check("http://localhost:9/a").catch((e: Error) => e);
+    expect(first).toBeInstanceOf(PrivateAddressError);
+    const again = await policy.check("http://localhost:9/b").catch((e: Error) => e);
+    // A new error each time (its own stack), saying the same.
+    expect(again).toBeInstanceOf(PrivateAddressError);
+    expect(again).not.toBe(first);
+    expect((again as Error).message).toBe((first as Error).message);
+    for (let i = 0; i < 2; i++) {
+      await expect(policy.check("http://127.0.0.2:9/x")).resolves.toBeUndefined();
+      await expect(policy.check("http://[::1]/x")).rejects.toThrow(/::1, a loopback address/);
+    }
   });
   it("WEBHOOK_ALLOW_PRIVATE_NETWORKS=true allows every address", async () => {
     const open = makeAddressPolicy(loadEnv({ WEBHOOK_ALLOW_PRIVATE_NETWORKS: "true" }));

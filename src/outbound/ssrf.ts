@@ -20,6 +20,10 @@ export class PrivateAddressError extends Error {
   }
 }
 
+/** How long the pre-check's verdict on a host holds (see makeAddressPolicy). */
+const VERDICT_TTL_MS = 10_000;
+const MAX_VERDICTS = 10_000;
+
 type Address = ipaddr.IPv4 | ipaddr.IPv6;
 type Network = [Address, number];
 
@@ -136,6 +140,14 @@ export function makeAddressPolicy(
     return range === "unicast" ? null : described(range);
   }
 
+  /**
+   * The pre-check's verdicts by host, kept VERDICT_TTL_MS: without them every delivery to
+   * a named host waited for its own DNS lookup. The connect guard (`lookup`, `assertHost`)
+   * still judges the address actually dialled on every new connection, so a name that
+   * changes to a private address meanwhile is refused there.
+   */
+  const verdicts = new Map<string, { until: number; refused: [string, string] | null }>();
+
   function assertHost(host: string, address = host): void {
     const why = refusal(address);
     if (why !== null) throw new PrivateAddressError(host, address, why);
@@ -176,11 +188,31 @@ export function makeAddressPolicy(
     async check(url) {
       if (env.webhookAllowPrivateNetworks) return;
       const host = (typeof url === "string" ? new URL(url) : url).hostname.replace(/^\[|\]$/g, "");
-      if (isIP(host)) return assertHost(host);
-      const addresses = await new Promise<LookupAddress[]>((resolve, reject) =>
-        dnsLookup(host, { all: true }, (err, list) => (err ? reject(err) : resolve(list))),
-      );
-      for (const a of addresses) assertHost(host, a.address);
+      const now = Date.now();
+      const known = verdicts.get(host);
+      if (known && known.until > now) {
+        if (known.refused) throw new PrivateAddressError(host, ...known.refused);
+        return;
+      }
+      let refused: [string, string] | null = null;
+      if (isIP(host)) {
+        const why = refusal(host);
+        if (why !== null) refused = [host, why];
+      } else {
+        const addresses = await new Promise<LookupAddress[]>((resolve, reject) =>
+          dnsLookup(host, { all: true }, (err, list) => (err ? reject(err) : resolve(list))),
+        );
+        for (const a of addresses) {
+          const why = refusal(a.address);
+          if (why !== null) {
+            refused = [a.address, why];
+            break;
+          }
+        }
+      }
+      if (verdicts.size >= MAX_VERDICTS) verdicts.clear();
+      verdicts.set(host, { until: now + VERDICT_TTL_MS, refused });
+      if (refused) throw new PrivateAddressError(host, ...refused);
     },
     lookup: lookup as LookupFunction,
   };

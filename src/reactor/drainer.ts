@@ -364,8 +364,9 @@ export function makeDrainer<Row extends ClaimedRow>(options: DrainerOptions<Row>
   /** Forgets waiting rows whose lease may have ended: never sent by two replicas. */
   function dropExpiredWaiting() {
     const now = Date.now() + LEASE_MARGIN_MS;
+    // Runs as every unit starts: nothing is allocated unless a lease has run out.
+    if (!waiting.some((r) => (leaseEnds.get(r.id) ?? Number.POSITIVE_INFINITY) < now)) return;
     const expired = waiting.filter((r) => (leaseEnds.get(r.id) ?? Number.POSITIVE_INFINITY) < now);
-    if (expired.length === 0) return;
     const ids = new Set(expired.map((r) => r.id));
     waiting.splice(0, waiting.length, ...waiting.filter((r) => !ids.has(r.id)));
     workload.queue.forget([...ids]);

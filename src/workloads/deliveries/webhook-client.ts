@@ -3,6 +3,7 @@
 // dialled (the agent's guard, see makeAgent).
 import type { Agent } from "undici";
 import { request } from "undici";
+import { SharedDeadlines } from "../../outbound/deadlines.js";
 import { describeNetworkError, parseRetryAfter, readCapped } from "../../outbound/http.js";
 import { type AddressPolicy, PrivateAddressError } from "../../outbound/ssrf.js";
 
@@ -27,6 +28,8 @@ export const ERROR_BODY_BYTES = 1024;
  */
 const BODY_READ_BYTES = 4 * 1024;
 const SECRET_MARGIN_CHARS = 1024;
+/** Each attempt's whole-request deadline (a receiver that trickles its body included). */
+const deadlines = new SharedDeadlines();
 
 /**
  * `excerpt` is the start of the answer's body (redacted, no NUL, at most ERROR_BODY_BYTES
@@ -114,7 +117,7 @@ export async function sendWebhook(options: SendOptions): Promise<WebhookResult> 
       dispatcher: options.agent,
       headers: options.headers,
       body: options.body,
-      signal: AbortSignal.timeout(options.timeoutMs),
+      signal: deadlines.signal(options.timeoutMs),
       headersTimeout: options.timeoutMs,
       bodyTimeout: options.timeoutMs,
     });

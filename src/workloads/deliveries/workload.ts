@@ -69,7 +69,14 @@ export class EndpointShares {
 
   private fair(waiting: readonly { subscription_id: number }[]): number {
     const active = new Set(this.inFlight.keys());
-    for (const row of waiting) active.add(Number(row.subscription_id));
+    // Asked as each request starts, over up to claimAhead rows, which come in runs of one
+    // endpoint: a row like the one before adds nothing.
+    let last: number | undefined;
+    for (const row of waiting) {
+      if (row.subscription_id === last) continue;
+      last = row.subscription_id;
+      active.add(Number(last));
+    }
     return Math.max(1, Math.floor(this.concurrency() / Math.max(1, active.size)));
   }
 
