@@ -84,8 +84,19 @@ export async function graphileLatency(adminUrl: string, samples: number): Promis
 }
 
 /** Drain of `jobs` no-op jobs queued up front, with localQueue and batched completion. */
-export async function graphileDrain(adminUrl: string, jobs: number, idleSeconds: number) {
+/**
+ * graphile-worker draining `jobs` no-op jobs in this process, after `warmup` more (all
+ * queued together): the window opens once `warmup` jobs have run, as pg-reactor's drains
+ * do (bench/reactor.ts measureDrain). `cold` is the whole drain from the runner's start.
+ */
+export async function graphileDrain(
+  adminUrl: string,
+  jobs: number,
+  idleSeconds: number,
+  warmup = 0,
+) {
   const url = await freshDatabase(adminUrl, { migrate: false });
+  const total = warmup + jobs;
   let done = 0;
   const c = new pg.Client({ connectionString: url });
   await c.connect();
@@ -96,11 +107,11 @@ export async function graphileDrain(adminUrl: string, jobs: number, idleSeconds:
        SELECT (
          'noop', json_build_object('i', g), NULL::text, NULL::timestamptz, NULL::int, NULL::text, NULL::int, NULL::text[]
        )::graphile_worker.job_spec AS spec FROM generate_series(1, $1::int) g) s`,
-    [jobs],
+    [total],
   );
-  // CPU over the drain: graphile-worker runs in this process (the driver), the database's
+  // CPU over the window: graphile-worker runs in this process (the driver), the database's
   // backends and the whole machine as for pg-reactor's drains.
-  const window = await startWindow([], c, cpus().length);
+  let window = warmup > 0 ? null : await startWindow([], c, cpus().length);
   const t0 = performance.now();
   const runner = await run({
     connectionString: url,
@@ -122,16 +133,36 @@ export async function graphileDrain(adminUrl: string, jobs: number, idleSeconds:
       },
     },
   });
-  await until(() => done >= jobs, 600_000);
-  const seconds = (performance.now() - t0) / 1000;
+  let measured = jobs;
+  let tw = t0;
+  if (!window) {
+    await until(() => done >= warmup, 600_000);
+    tw = performance.now();
+    measured = total - done;
+    window = await startWindow([], c, cpus().length);
+  }
+  await until(() => done >= total, 600_000);
+  const end = performance.now();
+  const seconds = (end - tw) / 1000;
   const usage = await window.end();
   await c.end();
   const idle = await idlePerHour(url, idleSeconds);
   await runner.stop();
+  const coldSeconds = (end - t0) / 1000;
   return {
     jobs,
+    ...(warmup > 0 ? { warmup, measured } : {}),
     seconds: Number(seconds.toFixed(2)),
-    perSecond: Math.round(jobs / seconds),
+    perSecond: Math.round(measured / seconds),
+    ...(warmup > 0
+      ? {
+          cold: {
+            items: total,
+            seconds: Number(coldSeconds.toFixed(2)),
+            perSecond: Math.round(total / coldSeconds),
+          },
+        }
+      : {}),
     cpu: { worker: usage.driverCores, postgres: usage.postgresCores, machine: usage.machineCores },
     idle,
   };

@@ -260,15 +260,18 @@ const READY_TIMEOUT_MS = 60_000;
 const DRAIN_TIMEOUT_MS = 600_000;
 
 interface Drain {
+  /** Items in the measured window. */
   items: number;
+  /** Items drained first, before the window opens (0: the window holds the whole drain). */
+  warmup: number;
   replicas: number;
   /** Runtime settings in force, as the in-process drains had them. */
   settings: Record<string, string>;
   /** The workload's switch: off while the backlog is queued, on to start. */
   enable: "uploads_enabled" | "deliveries_enabled";
   receiver: "shipstation" | "webhooks" | null;
-  /** Queues the whole backlog (`receiver` is the receiver's URL, `secret` its key). */
-  queue(db: pg.Client, receiver: string | null, secret: string): Promise<void>;
+  /** Queues `count` items, the whole backlog (`receiver` is the receiver's URL, `secret` its key). */
+  queue(db: pg.Client, receiver: string | null, secret: string, count: number): Promise<void>;
   /** Tables VACUUM ANALYZE runs on once the backlog is queued. */
   tables: string[];
   /** Rows finished and failed: `n` and `failed`. */
@@ -283,14 +286,20 @@ type ReadyTest = (said: Said) => boolean;
 /**
  * A drain with each replica in a process of its own and the HTTP receiver in another.
  *
- * The timed window: the backlog is queued (one INSERT) while the workload's switch is
+ * The backlog (warmup + items) is queued (one INSERT) while the workload's switch is
  * off, and the tables analyzed; then the replicas start and each says it is ready
- * (settings read, LISTEN in place, nothing claimed). The clock and the CPU readings start
- * just before one UPDATE switches the workload on; every replica hears it through
- * NOTIFY reactor_config, reloads its settings and drains. So the window holds the switch
- * (a commit and a notification, about a millisecond) and the whole drain, and no process
- * start-up. It ends when the table says every row is finished (uploaded or delivered),
+ * (settings read, LISTEN in place, nothing claimed). One UPDATE switches the workload on;
+ * every replica hears it through NOTIFY reactor_config, reloads its settings and drains.
+ * The drain ends when the table says every row is finished (uploaded or delivered),
  * checked as soon as the replicas (no-op) or the receiver say every item was handled.
+ *
+ * Two figures come of it. `cold`: the whole backlog, from the switch (a commit and a
+ * notification, about a millisecond) to the end, in processes that had not run a drain
+ * before, so V8 compiles the hot paths during it. The window (`perSecond`, the CPU and
+ * RSS figures): from when the first `warmup` items were handled to the end, in replicas
+ * that have compiled their hot paths, as a replica that has been running is; its items
+ * are those the table had not finished when it opened. Without a warm-up the window is
+ * the cold drain.
  */
 async function measureDrain(adminUrl: string, d: Drain) {
   await buildChildren();
@@ -299,6 +308,7 @@ async function measureDrain(adminUrl: string, d: Drain) {
   const db = new pg.Client({ connectionString: url });
   await db.connect();
   const secret = newSecret();
+  const total = d.warmup + d.items;
   const replicas: Child[] = [];
   let receiver: Child | null = null;
   let measuring = false;
@@ -313,7 +323,12 @@ async function measureDrain(adminUrl: string, d: Drain) {
       receiver = spawnChild(
         "receiver",
         benchChild("receiver-child"),
-        { RECEIVER: d.receiver, EXPECT: String(d.items), WEBHOOK_SECRET: secret },
+        {
+          RECEIVER: d.receiver,
+          EXPECT: String(total),
+          WARM: String(d.warmup),
+          WEBHOOK_SECRET: secret,
+        },
         { ipc: true },
       );
       const ready = await receiver.when((s) => s.type === "ready", "ready", READY_TIMEOUT_MS);
@@ -322,7 +337,7 @@ async function measureDrain(adminUrl: string, d: Drain) {
         if (s.type === "error") fail(new Error(`bench: receiver: ${String(s.message)}`));
       });
     }
-    await d.queue(db, receiverUrl, secret);
+    await d.queue(db, receiverUrl, secret, total);
     for (const table of d.tables) await db.query(`VACUUM ANALYZE ${table}`);
     const ready: Array<Promise<Said>> = [];
     for (let i = 0; i < d.replicas; i++) {
@@ -336,29 +351,29 @@ async function measureDrain(adminUrl: string, d: Drain) {
         if (measuring) fail(new Error(`bench: ${c.name} exited (${signal ?? code})\n${c.tail()}`));
       });
     }
-    const handled = new Promise<void>((resolve) => {
-      if (d.handedBy === "receiver") {
-        receiver?.listen((s) => s.type === "done" && resolve());
-        return;
-      }
-      let rows = 0;
-      for (const r of replicas) {
-        r.listen((s) => {
-          if (s.type !== "progress") return;
-          rows += Number(s.rows);
-          if (rows >= d.items) resolve();
-        });
-      }
-    });
+    // Items handled (by the receiver, or the no-op replicas): at `warmup`, and at all.
+    const at = (count: number) =>
+      new Promise<void>((resolve) => {
+        if (count <= 0) return resolve();
+        if (d.handedBy === "receiver") {
+          const says = count >= total ? "done" : "warm";
+          receiver?.listen((s) => s.type === says && resolve());
+          return;
+        }
+        let rows = 0;
+        for (const r of replicas) {
+          r.listen((s) => {
+            if (s.type !== "progress") return;
+            rows += Number(s.rows);
+            if (rows >= count) resolve();
+          });
+        }
+      });
+    const warm = at(d.warmup);
+    const handled = at(total);
     const pids = replicas.map((r) => r.pid);
     if (receiver) pids.push(receiver.pid);
     measuring = true;
-    const window = await startWindow(pids, db, cpus().length);
-    const switched = await db.query(
-      "UPDATE configuration_params SET value = 'true', updated_at = now() WHERE category = 'reactor' AND parameter_name = $1",
-      [d.enable],
-    );
-    if (switched.rowCount !== 1) throw new Error(`bench: ${d.enable} was not stored`);
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(
@@ -366,16 +381,35 @@ async function measureDrain(adminUrl: string, d: Drain) {
         DRAIN_TIMEOUT_MS,
       );
     });
+    late.catch(() => undefined);
+    const open = () => startWindow(pids, db, cpus().length);
+    let window = d.warmup > 0 ? null : await open();
+    const t0 = performance.now();
+    const switched = await db.query(
+      "UPDATE configuration_params SET value = 'true', updated_at = now() WHERE category = 'reactor' AND parameter_name = $1",
+      [d.enable],
+    );
+    if (switched.rowCount !== 1) throw new Error(`bench: ${d.enable} was not stored`);
+    let measured = d.items;
+    if (!window) {
+      await Promise.race([warm, failed, late]);
+      window = await open();
+      // The rows the table had not finished when the window opened (read just after it
+      // opened, so the few finished in between count against the rate, not for it).
+      const { rows } = await db.query(d.countSql);
+      measured = total - rows[0].n;
+    }
     await Promise.race([handled, failed, late]).finally(() => clearTimeout(timer));
     // Finished means finalized in the table, not only handed to the handler or receiver.
     const deadline = performance.now() + 30_000;
     for (;;) {
       const { rows } = await db.query(d.countSql);
       if (rows[0].failed > 0) throw new Error(`bench: ${rows[0].failed} rows failed`);
-      if (rows[0].n >= d.items) break;
+      if (rows[0].n >= total) break;
       if (performance.now() > deadline) throw new Error("bench: rows not finalized in 30 s");
       await sleep(2);
     }
+    const coldSeconds = (performance.now() - t0) / 1000;
     const usage = await window.end();
     measuring = false;
     let counts: Said | null = null;
@@ -387,8 +421,18 @@ async function measureDrain(adminUrl: string, d: Drain) {
     const rss = usage.rssPeakMiB;
     return {
       replicas: d.replicas,
+      ...(d.warmup > 0 ? { warmup: d.warmup, measured } : {}),
       seconds: Number(usage.seconds.toFixed(2)),
-      perSecond: Math.round(d.items / usage.seconds),
+      perSecond: Math.round(measured / usage.seconds),
+      ...(d.warmup > 0
+        ? {
+            cold: {
+              items: total,
+              seconds: Number(coldSeconds.toFixed(2)),
+              perSecond: Math.round(total / coldSeconds),
+            },
+          }
+        : {}),
       cpu: {
         replicas: usage.cores.slice(0, d.replicas),
         ...(receiver ? { receiver: usage.cores[d.replicas] } : {}),
@@ -432,24 +476,31 @@ const ORDERS_COUNT = `SELECT count(*) FILTER (WHERE upload_state = 'uploaded')::
   count(*) FILTER (WHERE upload_state = 'failed')::int AS failed FROM orders_inbox`;
 
 /** `orders` orders in one INSERT, numbered `prefix`1…. */
-const queueOrders = (prefix: string, orders: number) => (db: pg.Client) =>
-  db
-    .query(
-      "INSERT INTO orders_inbox (order_number, payload) SELECT $1 || g, $2::jsonb FROM generate_series(1, $3::int) g",
-      [prefix, PAYLOAD, orders],
-    )
-    .then(() => undefined);
+const queueOrders =
+  (prefix: string) => (db: pg.Client, _receiver: string | null, _secret: string, orders: number) =>
+    db
+      .query(
+        "INSERT INTO orders_inbox (order_number, payload) SELECT $1 || g, $2::jsonb FROM generate_series(1, $3::int) g",
+        [prefix, PAYLOAD, orders],
+      )
+      .then(() => undefined);
 
-export async function noopDrain(adminUrl: string, orders: number, replicas: number) {
+export async function noopDrain(
+  adminUrl: string,
+  orders: number,
+  replicas: number,
+  warmup: number,
+) {
   const result = await measureDrain(adminUrl, {
     items: orders,
+    warmup,
     replicas,
     // The machinery alone: full batches (100, ShipStation's maximum) and the most units in
     // flight the settings allow, the equivalent of graphile-worker's localQueue.
     settings: { upload_concurrency: process.env.NOOP_CONCURRENCY ?? "16" },
     enable: "uploads_enabled",
     receiver: null,
-    queue: queueOrders("n-", orders),
+    queue: queueOrders("n-"),
     tables: ["orders_inbox"],
     countSql: ORDERS_COUNT,
     handedBy: "replicas",
@@ -466,14 +517,20 @@ export async function noopDrain(adminUrl: string, orders: number, replicas: numb
   return { orders, ...result };
 }
 
-export async function shipstationDrain(adminUrl: string, orders: number, replicas: number) {
+export async function shipstationDrain(
+  adminUrl: string,
+  orders: number,
+  replicas: number,
+  warmup: number,
+) {
   const result = await measureDrain(adminUrl, {
     items: orders,
+    warmup,
     replicas,
     settings: { upload_rate_limit_per_minute: "100000" },
     enable: "uploads_enabled",
     receiver: "shipstation",
-    queue: queueOrders("s-", orders),
+    queue: queueOrders("s-"),
     tables: ["orders_inbox"],
     countSql: ORDERS_COUNT,
     handedBy: "receiver",
@@ -482,14 +539,20 @@ export async function shipstationDrain(adminUrl: string, orders: number, replica
   return { orders, ...result };
 }
 
-export async function deliveriesDrain(adminUrl: string, events: number, replicas: number) {
+export async function deliveriesDrain(
+  adminUrl: string,
+  events: number,
+  replicas: number,
+  warmup: number,
+) {
   const result = await measureDrain(adminUrl, {
     items: events,
+    warmup,
     replicas,
     settings: {},
     enable: "deliveries_enabled",
     receiver: "webhooks",
-    async queue(db, receiverUrl, secret) {
+    async queue(db, receiverUrl, secret, count) {
       await db.query("INSERT INTO webhook_subscriptions (url, secret) VALUES ($1, $2)", [
         `${receiverUrl}/hook`,
         secret,
@@ -498,7 +561,7 @@ export async function deliveriesDrain(adminUrl: string, events: number, replicas
       await db.query(
         `INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload)
          SELECT 'o', g::text, 'order.created', '{}' FROM generate_series(1, $1::int) g`,
-        [events],
+        [count],
       );
     },
     tables: ["outbox_events", "webhook_deliveries"],

@@ -2,7 +2,7 @@
 // (RECEIVER=shipstation) or a webhook receiver that verifies every request's Standard
 // Webhooks signature with WEBHOOK_SECRET, as a subscriber would (RECEIVER=webhooks).
 // Started by bench/reactor.ts with an IPC channel: it says where it listens, when EXPECT
-// orders or deliveries have arrived, and its counts when asked.
+// orders or deliveries have arrived (and when WARM have), and its counts when asked.
 import { Webhook } from "standardwebhooks";
 import { startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { startReceiver } from "../src/demo/receiver.js";
@@ -20,11 +20,19 @@ if (kind === "webhooks" && !secret) {
 }
 const tell = (message: Record<string, unknown>) => process.send?.(message);
 
+/** The drain's warm-up: `warm` is said once this many have arrived (0: never). */
+const warmup = Number(process.env.WARM ?? 0);
+
 let badSignatures = 0;
 let told = false;
-/** Runs after each request's orders or delivery are counted: says `done` at EXPECT. */
+let warmTold = warmup <= 0;
+/** Runs after each request's orders or delivery are counted: says `warm`, then `done` at EXPECT. */
 const check = () =>
   setImmediate(() => {
+    if (!warmTold && distinct() >= warmup) {
+      warmTold = true;
+      tell({ type: "warm", distinct: distinct() });
+    }
     if (told || distinct() < expect) return;
     told = true;
     tell({ type: "done", distinct: distinct() });
