@@ -42,9 +42,14 @@ export class SharedDeadlines {
   private readonly open = new Map<number, { until: number; signal: DeadlineSignal }>();
 
   signal(timeoutMs: number): DeadlineSignal {
-    const now = Date.now();
+    // The window is measured on the monotonic clock, the one the timer runs on: with
+    // Date.now, a wall clock stepped back (NTP, a resumed VM) kept a window open for as
+    // long as the step, so requests joined a signal about to fire, or already fired, and
+    // failed as timed out without their time. `aborted` is checked as well, so a signal
+    // that has fired is never handed out whatever the clocks do.
+    const now = performance.now();
     const current = this.open.get(timeoutMs);
-    if (current && now < current.until) return current.signal;
+    if (current && now < current.until && !current.signal.aborted) return current.signal;
     const signal = new DeadlineSignal();
     const until = now + GRAIN_MS;
     this.open.set(timeoutMs, { until, signal });
