@@ -2,8 +2,10 @@
 // deadlines, the body read through events (webhooks and ShipStation), and the SSRF
 // pre-check's kept verdicts. sendWebhook and the ShipStation client are called directly,
 // against real HTTP servers on loopback, with the SSRF guard on (loopback allowed).
+import dns from "node:dns";
 import { once } from "node:events";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { syncBuiltinESMExports } from "node:module";
 import type { AddressInfo, Socket } from "node:net";
 import type { Agent } from "undici";
 import { afterEach, describe, expect, it, vi } from "vitest";
@@ -317,6 +319,27 @@ describe("the SSRF pre-check's kept verdicts", () => {
         PrivateAddressError,
       );
       await expect(p.check("http://10.0.0.1/")).rejects.toThrow(/10\.0\.0\.1/);
+    }
+  });
+
+  it("a verdict is kept 10 s of elapsed time, whatever the wall clock does", async () => {
+    vi.useFakeTimers({ toFake: ["Date", "performance"] });
+    const lookup = vi.spyOn(dns, "lookup");
+    syncBuiltinESMExports();
+    try {
+      // localhost resolves to loopback, which this policy refuses.
+      const p = makeAddressPolicy(loadEnv({ WEBHOOK_ALLOWED_NETWORKS: "127.0.0.2/32" }));
+      await expect(p.check("http://localhost/")).rejects.toBeInstanceOf(PrivateAddressError);
+      await expect(p.check("http://localhost/")).rejects.toBeInstanceOf(PrivateAddressError);
+      expect(lookup).toHaveBeenCalledTimes(1);
+      // The wall clock steps an hour back; 10 s pass: the verdict is looked up anew.
+      vi.setSystemTime(Date.now() - 3_600_000);
+      vi.advanceTimersByTime(10_001);
+      await expect(p.check("http://localhost/")).rejects.toBeInstanceOf(PrivateAddressError);
+      expect(lookup).toHaveBeenCalledTimes(2);
+    } finally {
+      lookup.mockRestore();
+      syncBuiltinESMExports();
     }
   });
 

@@ -188,7 +188,9 @@ export function makeAddressPolicy(
     async check(url) {
       if (env.webhookAllowPrivateNetworks) return;
       const host = (typeof url === "string" ? new URL(url) : url).hostname.replace(/^\[|\]$/g, "");
-      const now = Date.now();
+      // On the monotonic clock: with Date.now, a wall clock stepped back (NTP, a resumed
+      // VM) kept a verdict, a refusal included, for as long as the step.
+      const now = performance.now();
       const known = verdicts.get(host);
       if (known && known.until > now) {
         if (known.refused) throw new PrivateAddressError(host, ...known.refused);
