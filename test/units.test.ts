@@ -236,7 +236,7 @@ describe("SSRF guard", () => {
     ])
       expect(policy.refusal(a), a).not.toBeNull();
   });
-  it("the pre-check's kept verdict refuses again with the same words, and allows again", async () => {
+  it("the pre-check refuses again with the same words (refusals are not kept), and allows again", async () => {
     const policy = makeAddressPolicy(loadEnv({ WEBHOOK_ALLOWED_NETWORKS: "127.0.0.2/32" }));
     const first = await policy.check("http://localhost:9/a").catch((e: Error) => e);
     expect(first).toBeInstanceOf(PrivateAddressError);

@@ -322,21 +322,27 @@ describe("the SSRF pre-check's kept verdicts", () => {
     }
   });
 
-  it("a verdict is kept 10 s of elapsed time, whatever the wall clock does", async () => {
+  it("an allowed host is kept 10 s of elapsed time, whatever the wall clock does; a refusal is not kept", async () => {
     vi.useFakeTimers({ toFake: ["Date", "performance"] });
     const lookup = vi.spyOn(dns, "lookup");
     syncBuiltinESMExports();
     try {
-      // localhost resolves to loopback, which this policy refuses.
-      const p = makeAddressPolicy(loadEnv({ WEBHOOK_ALLOWED_NETWORKS: "127.0.0.2/32" }));
-      await expect(p.check("http://localhost/")).rejects.toBeInstanceOf(PrivateAddressError);
-      await expect(p.check("http://localhost/")).rejects.toBeInstanceOf(PrivateAddressError);
+      // localhost resolves to loopback: allowed by one policy, refused by the other.
+      const open = makeAddressPolicy(loadEnv({ WEBHOOK_ALLOWED_NETWORKS: "127.0.0.0/8,::1/128" }));
+      await expect(open.check("http://localhost/")).resolves.toBeUndefined();
+      await expect(open.check("http://localhost/")).resolves.toBeUndefined();
       expect(lookup).toHaveBeenCalledTimes(1);
-      // The wall clock steps an hour back; 10 s pass: the verdict is looked up anew.
+      // The wall clock steps an hour back; 10 s pass: the host is looked up anew.
       vi.setSystemTime(Date.now() - 3_600_000);
       vi.advanceTimersByTime(10_001);
-      await expect(p.check("http://localhost/")).rejects.toBeInstanceOf(PrivateAddressError);
+      await expect(open.check("http://localhost/")).resolves.toBeUndefined();
       expect(lookup).toHaveBeenCalledTimes(2);
+      // A refusal fails a delivery for good: it is looked up again every time, so a name
+      // fixed after pointing at a private address for a moment is allowed at once.
+      const strict = makeAddressPolicy(loadEnv({ WEBHOOK_ALLOWED_NETWORKS: "127.0.0.2/32" }));
+      await expect(strict.check("http://localhost/")).rejects.toBeInstanceOf(PrivateAddressError);
+      await expect(strict.check("http://localhost/")).rejects.toBeInstanceOf(PrivateAddressError);
+      expect(lookup).toHaveBeenCalledTimes(4);
     } finally {
       lookup.mockRestore();
       syncBuiltinESMExports();

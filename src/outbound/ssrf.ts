@@ -20,7 +20,7 @@ export class PrivateAddressError extends Error {
   }
 }
 
-/** How long the pre-check's verdict on a host holds (see makeAddressPolicy). */
+/** How long the pre-check's "allowed" on a host holds (see makeAddressPolicy). */
 const VERDICT_TTL_MS = 10_000;
 const MAX_VERDICTS = 10_000;
 
@@ -141,12 +141,15 @@ export function makeAddressPolicy(
   }
 
   /**
-   * The pre-check's verdicts by host, kept VERDICT_TTL_MS: without them every delivery to
-   * a named host waited for its own DNS lookup. The connect guard (`lookup`, `assertHost`)
-   * still judges the address actually dialled on every new connection, so a name that
-   * changes to a private address meanwhile is refused there.
+   * Hosts the pre-check allowed, and until when (VERDICT_TTL_MS): without them every
+   * delivery to a named host waited for its own DNS lookup. The connect guard (`lookup`,
+   * `assertHost`) still judges the address actually dialled on every new connection, so a
+   * name that changes to a private address meanwhile is refused there. Refusals are not
+   * kept: a refusal fails a delivery for good, so a name that pointed at a private address
+   * for a moment must not go on failing deliveries after it is fixed; and refused hosts
+   * are rare, so looking them up each time costs little.
    */
-  const verdicts = new Map<string, { until: number; refused: [string, string] | null }>();
+  const allowedUntil = new Map<string, number>();
 
   function assertHost(host: string, address = host): void {
     const why = refusal(address);
@@ -189,13 +192,9 @@ export function makeAddressPolicy(
       if (env.webhookAllowPrivateNetworks) return;
       const host = (typeof url === "string" ? new URL(url) : url).hostname.replace(/^\[|\]$/g, "");
       // On the monotonic clock: with Date.now, a wall clock stepped back (NTP, a resumed
-      // VM) kept a verdict, a refusal included, for as long as the step.
+      // VM) kept a verdict for as long as the step.
       const now = performance.now();
-      const known = verdicts.get(host);
-      if (known && known.until > now) {
-        if (known.refused) throw new PrivateAddressError(host, ...known.refused);
-        return;
-      }
+      if ((allowedUntil.get(host) ?? 0) > now) return;
       let refused: [string, string] | null = null;
       if (isIP(host)) {
         const why = refusal(host);
@@ -212,9 +211,9 @@ export function makeAddressPolicy(
           }
         }
       }
-      if (verdicts.size >= MAX_VERDICTS) verdicts.clear();
-      verdicts.set(host, { until: now + VERDICT_TTL_MS, refused });
       if (refused) throw new PrivateAddressError(host, ...refused);
+      if (allowedUntil.size >= MAX_VERDICTS) allowedUntil.clear();
+      allowedUntil.set(host, now + VERDICT_TTL_MS);
     },
     lookup: lookup as LookupFunction,
   };
