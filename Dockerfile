@@ -24,6 +24,8 @@ ENV NODE_ENV=production
 # In a container the status server must answer on the pod's address, not loopback:
 # probes and -p 8080:8080 reach it there.
 ENV HTTP_HOST=0.0.0.0
+# Four malloc arenas instead of up to 8 per core: less idle memory (src/runtime-flags.ts).
+ENV MALLOC_ARENA_MAX=4
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist

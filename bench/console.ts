@@ -8,7 +8,7 @@
 // and the database transactions per minute in each case.
 import { createServer } from "node:net";
 import pg from "pg";
-import { NODE_FLAGS } from "../src/runtime-flags.js";
+import { NODE_ENV_DEFAULTS, NODE_FLAGS } from "../src/runtime-flags.js";
 import { freshDatabase, sleep, xactCommits } from "./lib.js";
 import { buildChildren, clockTicks, cpuTicks, spawnChild } from "./procs.js";
 
@@ -72,6 +72,7 @@ async function main() {
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   const service = spawnChild("reactor", [...NODE_FLAGS, "dist/main.js"], {
+    ...NODE_ENV_DEFAULTS,
     DATABASE_URL: url,
     ADMIN_TOKEN: TOKEN,
     HTTP_PORT: String(port),
@@ -81,6 +82,7 @@ async function main() {
   // the same windows: what the console costs before anyone opens it.
   const bareUrl = await freshDatabase(adminUrl);
   const bare = spawnChild("reactor-without-console", [...NODE_FLAGS, "dist/main.js"], {
+    ...NODE_ENV_DEFAULTS,
     DATABASE_URL: bareUrl,
     HTTP_PORT: String(await freePort()),
     LOG_LEVEL: "warn",

@@ -5,7 +5,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import pg from "pg";
 import { startFakeShipStation } from "../src/demo/fake-shipstation.js";
 import { sampleOrderPayload } from "../src/demo/sample-order.js";
-import { NODE_FLAGS } from "../src/runtime-flags.js";
+import { NODE_ENV_DEFAULTS, NODE_FLAGS } from "../src/runtime-flags.js";
 import { freshDatabase, sleep } from "./lib.js";
 import { buildChildren, ROOT, rssMiB } from "./procs.js";
 import { withSettings } from "./reactor.js";
@@ -36,6 +36,7 @@ export async function replicaMemory(adminUrl: string, backlog: number) {
       env: {
         PATH: process.env.PATH ?? "",
         HOME: process.env.HOME ?? "",
+        ...NODE_ENV_DEFAULTS,
         DATABASE_URL: url,
         HTTP_PORT: "0",
         SHIPSTATION_BASE_URL: fake.url,

@@ -9,7 +9,7 @@ import { newSecret, startReceiver } from "../src/demo/receiver.js";
 import { sampleOrderPayload } from "../src/demo/sample-order.js";
 import type { WakeSource } from "../src/reactor/settings-spec.js";
 import { switchWakeSource, walMissing } from "../src/reactor/wake-source.js";
-import { NODE_FLAGS } from "../src/runtime-flags.js";
+import { NODE_ENV_DEFAULTS, NODE_FLAGS } from "../src/runtime-flags.js";
 import { startReactor, startReplicas } from "../test/helpers/reactor.js";
 import {
   freshDatabase,
@@ -459,6 +459,7 @@ async function measureDrain(adminUrl: string, d: Drain) {
 function serviceReplica(url: string, i: number, shipstationUrl: string | null) {
   const name = String.fromCharCode(97 + i);
   const child = spawnChild(`replica ${name}`, [...NODE_FLAGS, "dist/main.js"], {
+    ...NODE_ENV_DEFAULTS,
     DATABASE_URL: url,
     INSTANCE_ID: name,
     HTTP_PORT: "0",

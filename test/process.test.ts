@@ -1,8 +1,9 @@
 import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type FakeShipStation, startFakeShipStation } from "../src/demo/fake-shipstation.js";
-import { NODE_FLAGS } from "../src/runtime-flags.js";
+import { NODE_ENV_DEFAULTS, NODE_FLAGS } from "../src/runtime-flags.js";
 import {
   createTestDatabase,
   setSetting,
@@ -67,6 +68,13 @@ describe("the process", () => {
         timeoutMs: 30_000,
       });
       expect(proc.output()).toContain(`node ${NODE_FLAGS.join(" ")} dist/main.js`);
+      // npm's child is the service (the script execs it), started with the defaults.
+      const service = execFileSync("ps", ["-o", "pid=", "--ppid", String(proc.child.pid)])
+        .toString()
+        .trim();
+      const environ = readFileSync(`/proc/${service}/environ`, "utf8").split("\0");
+      for (const [name, value] of Object.entries(NODE_ENV_DEFAULTS))
+        expect(environ).toContain(`${name}=${value}`);
       proc.child.kill("SIGTERM");
       const { code } = await proc.exited;
       expect(code, proc.output()).toBe(0);
