@@ -1,7 +1,8 @@
 // How the service's Node runs (package.json's start script and the Dockerfile's CMD pass
 // these, and set NODE_ENV_DEFAULTS; test/packaging.test.ts keeps the three in step, and
-// the bench starts replicas with them). Measured with the bench's memory.replica (100,000-order backlog) and its
-// webhook drain, one replica (default flags on 2026-12-03, the rest on 2026-12-04):
+// the bench starts replicas with them). Measured with the bench's memory.replica
+// (100,000-order backlog) and its webhook drain, one replica (default flags on
+// 2026-12-03, the rest on 2026-12-04):
 //   default flags                      RSS 104 MiB idle, 204 MiB peak
 //   --max-semi-space-size=2             91 / 170 MiB
 //   + --optimize-for-size               87 / 104 MiB, webhooks 3,365/s (median of 3)

@@ -22,7 +22,8 @@ export class PrivateAddressError extends Error {
 
 /** How long the pre-check's "allowed" on a host holds (see makeAddressPolicy). */
 const VERDICT_TTL_MS = 10_000;
-const MAX_VERDICTS = 10_000;
+/** Hosts kept at most; the list starts again when full. */
+const MAX_KEPT = 10_000;
 
 type Address = ipaddr.IPv4 | ipaddr.IPv6;
 type Network = [Address, number];
@@ -212,7 +213,7 @@ export function makeAddressPolicy(
         }
       }
       if (refused) throw new PrivateAddressError(host, ...refused);
-      if (allowedUntil.size >= MAX_VERDICTS) allowedUntil.clear();
+      if (allowedUntil.size >= MAX_KEPT) allowedUntil.clear();
       allowedUntil.set(host, now + VERDICT_TTL_MS);
     },
     lookup: lookup as LookupFunction,
