@@ -24,6 +24,18 @@ import { requirePromtool, run } from "./helpers/promtool.js";
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const read = (p: string) => readFile(new URL(`../${p}`, import.meta.url), "utf8");
 
+/** The same transpile-only build as npm start's prestart ("tsc -p … --noCheck …"), into `outDir`. */
+async function compileInto(outDir: string): Promise<void> {
+  await run(
+    process.execPath,
+    [`${ROOT}node_modules/typescript/bin/tsc`].concat(
+      (JSON.parse(await read("package.json")).scripts.prestart as string).split(" ").slice(1),
+      ["--outDir", outDir],
+    ),
+    { cwd: ROOT },
+  );
+}
+
 /** Every path under `dir` (symlinks not followed): what a run must leave unchanged. */
 async function listing(dir: string): Promise<string[]> {
   return (await readdir(dir, { recursive: true }))
@@ -139,15 +151,7 @@ describe("packaging", () => {
     const db = await createTestDatabase();
     try {
       // What the image holds: dist/ from tsc, package.json, migrations, bin/ ...
-      await run(
-        process.execPath,
-        // The same transpile-only build as npm start's prestart ("tsc -p … --noCheck …").
-        [`${ROOT}node_modules/typescript/bin/tsc`].concat(
-          (JSON.parse(await read("package.json")).scripts.prestart as string).split(" ").slice(1),
-          ["--outDir", `${dir}/dist`],
-        ),
-        { cwd: ROOT },
-      );
+      await compileInto(`${dir}/dist`);
       const parts = ["package.json", "drizzle", "sql", "bin", "console"];
       // The Dockerfile copies the same parts into the image.
       const dockerfile = await read("Dockerfile");
@@ -298,14 +302,7 @@ describe("the CLI", () => {
   beforeAll(async () => {
     db = await createTestDatabase();
     layout = await mkdtemp(path.join(tmpdir(), "pgr-cli-"));
-    await run(
-      process.execPath,
-      [`${ROOT}node_modules/typescript/bin/tsc`].concat(
-        (JSON.parse(await read("package.json")).scripts.prestart as string).split(" ").slice(1),
-        ["--outDir", `${layout}/dist`],
-      ),
-      { cwd: ROOT },
-    );
+    await compileInto(`${layout}/dist`);
     for (const part of ["package.json", "drizzle", "sql", "bin"]) {
       await cp(`${ROOT}${part}`, `${layout}/${part}`, { recursive: true });
     }
