@@ -208,6 +208,7 @@ describe("hostile XML order import", () => {
       unreadable: Array<{ file: string; error: string }>;
       waiting: Array<{ file: string }>;
       lastFile: { file: string; outcome: string } | null;
+      lastScanAt: Date | null;
     };
 
   describe("documents (importDocument, the path every entry shares)", () => {
@@ -840,6 +841,36 @@ ${doc(named("bomb", "&c;"))}`;
         timeoutMs: 5_000,
       });
       expect(await outcomes(app)).toEqual({ imported: 3, duplicate: 0, failed: 0 });
+    });
+
+    it("IMPORT_DIR deleted and made again between two rescans, with the same inode number: the next rescan watches the new folder", async () => {
+      const app = await start();
+      const scannedAfter = (t: number) => async () => {
+        const at = (await importStatus(app)).lastScanAt;
+        return at !== null && new Date(at).getTime() > t;
+      };
+      await writeFile(path.join(dir, "one.xml"), doc(order("again-1")));
+      await waitFor(inFolder("processed", "one.xml"), { what: "one.xml in processed/" });
+      // Back to back, so no rescan sees the folder missing. ext4 hands the new folder the
+      // old inode number; the watch of the old one sees nothing any more.
+      await rm(dir, { recursive: true, maxRetries: 10, retryDelay: 50 });
+      await mkdir(dir);
+      const made = Date.now();
+      await waitFor(scannedAfter(made), { what: "a rescan of the new folder" });
+      // Then no more rescans: only the watch can bring the next file.
+      await setSetting(db.pool, "poll_interval_seconds", "3600");
+      await waitFor(() => app.settings.current.poll_interval_seconds === 3600, {
+        what: "rescan hourly",
+      });
+      const hourly = Date.now();
+      // The job's last short sleep ends in one more rescan; the one after is an hour away.
+      await waitFor(scannedAfter(hourly), { what: "the last rescan before the hourly ones" });
+      await writeFile(path.join(dir, "two.xml"), doc(order("again-2")));
+      await waitFor(inFolder("processed", "two.xml"), {
+        what: "two.xml by file event",
+        timeoutMs: 5_000,
+      });
+      expect(await outcomes(app)).toEqual({ imported: 2, duplicate: 0, failed: 0 });
     });
 
     it("200 files dropped at once: each imported once", async () => {

@@ -175,7 +175,8 @@ export function makeFolderImporter(options: {
   /** Names that are not UTF-8 (from another system's encoding): reported, not taken. */
   let badNames: string[] = [];
   let watcher: FSWatcher | null = null;
-  let watchedIno: number | null = null;
+  /** The watched folder's identity (device, inode, birth time): see ensureFolder. */
+  let watchedId: string | null = null;
   let timer: NodeJS.Timeout | null = null;
   let running: Promise<void> | null = null;
   let stopped = true;
@@ -453,8 +454,12 @@ export function makeFolderImporter(options: {
         if (err.code !== "EEXIST") throw err;
       });
     }
-    if (watcher && watchedIno !== st.ino) {
-      // The folder was replaced (a remount): the old watch sees nothing any more.
+    // An inode number is reused at once: a folder deleted and made again often has the
+    // old one. Its birth time tells them apart where the file system keeps one.
+    const id = `${st.dev}:${st.ino}:${st.birthtimeMs}`;
+    if (watcher && watchedId !== id) {
+      // The folder was replaced (a remount, or deleted and made again): the old watch
+      // sees nothing any more.
       watcher.close();
       watcher = null;
     }
@@ -468,7 +473,7 @@ export function makeFolderImporter(options: {
         due.add(filename);
         kick();
       });
-      watchedIno = st.ino;
+      watchedId = id;
       watcher.on("error", (err) => {
         watcher?.close();
         watcher = null;
@@ -491,6 +496,12 @@ export function makeFolderImporter(options: {
         .map((b) => b.toString("latin1"))
         .filter(isCandidate);
     } catch (err) {
+      if (isMissing(err) && watcher) {
+        // The watch died with the folder; one made on the folder that comes back (even
+        // with the same inode number) is a new one.
+        watcher.close();
+        watcher = null;
+      }
       setProblem(
         isMissing(err)
           ? `IMPORT_DIR ${dir} does not exist; files are imported once it does`
