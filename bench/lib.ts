@@ -50,6 +50,23 @@ export function stampArrivals<K, V>(map: Map<K, V>, now: () => number): Map<K, n
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * A drain's figures beside its warm window: the warm-up and the window's items, and the
+ * whole drain from the start (`cold`); nothing when there was no warm-up.
+ */
+export function coldFigures(warmup: number, measured: number, total: number, seconds: number) {
+  if (warmup <= 0) return {};
+  return {
+    warmup,
+    measured,
+    cold: {
+      items: total,
+      seconds: Number(seconds.toFixed(2)),
+      perSecond: Math.round(total / seconds),
+    },
+  };
+}
+
 /** Runs `sql` (one boolean column, `done`) until it is true. */
 export async function untilQuery(client: pg.Client, sql: string, timeoutMs = 60_000) {
   const deadline = performance.now() + timeoutMs;

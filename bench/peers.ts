@@ -6,6 +6,7 @@ import { cpus } from "node:os";
 import { Logger, run, runMigrations } from "graphile-worker";
 import pg from "pg";
 import {
+  coldFigures,
   freshDatabase,
   idlePerHour,
   type Summary,
@@ -151,18 +152,9 @@ export async function graphileDrain(
   const coldSeconds = (end - t0) / 1000;
   return {
     jobs,
-    ...(warmup > 0 ? { warmup, measured } : {}),
     seconds: Number(seconds.toFixed(2)),
     perSecond: Math.round(measured / seconds),
-    ...(warmup > 0
-      ? {
-          cold: {
-            items: total,
-            seconds: Number(coldSeconds.toFixed(2)),
-            perSecond: Math.round(total / coldSeconds),
-          },
-        }
-      : {}),
+    ...coldFigures(warmup, measured, total, coldSeconds),
     cpu: { worker: usage.driverCores, postgres: usage.postgresCores, machine: usage.machineCores },
     idle,
   };

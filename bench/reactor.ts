@@ -12,6 +12,7 @@ import { switchWakeSource, walMissing } from "../src/reactor/wake-source.js";
 import { NODE_ENV_DEFAULTS, NODE_FLAGS } from "../src/runtime-flags.js";
 import { startReactor, startReplicas } from "../test/helpers/reactor.js";
 import {
+  coldFigures,
   freshDatabase,
   idlePerHour,
   type Summary,
@@ -421,18 +422,9 @@ async function measureDrain(adminUrl: string, d: Drain) {
     const rss = usage.rssPeakMiB;
     return {
       replicas: d.replicas,
-      ...(d.warmup > 0 ? { warmup: d.warmup, measured } : {}),
       seconds: Number(usage.seconds.toFixed(2)),
       perSecond: Math.round(measured / usage.seconds),
-      ...(d.warmup > 0
-        ? {
-            cold: {
-              items: total,
-              seconds: Number(coldSeconds.toFixed(2)),
-              perSecond: Math.round(total / coldSeconds),
-            },
-          }
-        : {}),
+      ...coldFigures(d.warmup, measured, total, coldSeconds),
       cpu: {
         replicas: usage.cores.slice(0, d.replicas),
         ...(receiver ? { receiver: usage.cores[d.replicas] } : {}),
